@@ -1,0 +1,60 @@
+"""The shape every job shares: a Hydra app over ``conf/config.yaml`` that fails with one clear line.
+
+A job module defines ``run(cfg)`` and ends with ``main = hydra_job("name", run)``; then
+``python -m pipeline.<name> key=value ...`` (and ``-m`` for sweeps) works the same for all.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+log = logging.getLogger("pipeline")
+
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def overrides() -> list[str]:
+    """The command-line overrides of the current Hydra run ([] outside Hydra)."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """Wrap ``run`` as the Hydra entry point of job ``name``."""
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def main(cfg: DictConfig) -> object:
+        try:
+            return run(cfg)
+        except PipelineError as exc:
+            log.error("%s failed: %s", name, exc)
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+    main.__name__ = f"{name}_main"
+    return main

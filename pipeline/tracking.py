@@ -1,0 +1,149 @@
+"""MLflow, owned in one place: where runs go, what every run records, and how images are logged.
+
+Default store: the embedded SQLite database ``mlflow.db`` at the repo root (``MLFLOW_TRACKING_URI``
+overrides it, e.g. a team server). One experiment per job (``<prefix><job>``). Every run gets
+the flattened resolved Hydra config as params, the resolved config as ``config.yaml``, and tags
+for the git commit, dirty flag, dataset sha256, job name, seed and Hydra overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from pipeline.errors import TrackingError
+from pipeline.fetch import redact
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def resolve_uri(uri: str | None, root: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI`` wins; a relative sqlite path is taken relative to ``root``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///"):]
+        if not Path(path).is_absolute():
+            uri = "sqlite:///" + str((Path(root) / path).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any work, when the store cannot be used."""
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                response.read(64)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return  # reachable; auth is MLflow's business (credentials come from MLFLOW_TRACKING_* env)
+            raise TrackingError(f"MLflow tracking server {redact(uri)} answered HTTP {exc.code} on /health") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it, or "
+                                "unset MLFLOW_TRACKING_URI to use the local mlflow.db") from None
+    elif scheme == "sqlite":
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {parent} does not exist or is not writable")
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"data.url": "...", ...} with values as MLflow param strings."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+    return flat
+
+
+def git_state(root: str | os.PathLike) -> tuple[str, bool | None]:
+    """(commit, dirty) of the repo at ``root``; ("unknown", None) outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return commit, dirty
+
+
+@contextlib.contextmanager
+def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
+              overrides: list[str] | None = None) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
+    """An MLflow run for ``job`` with the standard params and tags; FAILED if the body raises."""
+    import mlflow  # heavy import, only once a job really starts
+
+    root = cfg.paths.root
+    uri = resolve_uri(cfg.tracking.uri, root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    commit, dirty = git_state(root)
+    tags = {
+        "job": job,
+        "seed": str(cfg.get("seed")),
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+        "hydra_overrides": " ".join(overrides or []),
+    }
+    if dataset_sha256:
+        tags["dataset_sha256"] = dataset_sha256
+    try:
+        _ensure_experiment(mlflow, f"{cfg.tracking.experiment_prefix}{job}", uri)
+        run = mlflow.start_run(run_name=cfg.tracking.get("run_name"), tags=tags)
+    except Exception as exc:  # MLflow wraps store errors in many types
+        raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: {exc}") from None
+    with run:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, f"{cfg.tracking.experiment_prefix}{job}",
+                 redact(uri))
+        yield run
+
+
+def _ensure_experiment(mlflow, name: str, uri: str) -> None:
+    """Select experiment ``name``, creating it with artifacts beside a SQLite store.
+
+    MLflow's own default puts artifacts in ``./mlruns`` of whatever folder a job starts in.
+    """
+    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlruns" / name).resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a concurrent job
+    mlflow.set_experiment(name)
+
+
+def log_image(image: Image.Image | np.ndarray, name: str, step: int | None = None) -> None:
+    """Log a PIL image or HxWx3 uint8 array; with ``step`` it joins a series the MLflow UI can scrub."""
+    import mlflow
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if step is None:
+        mlflow.log_image(image, artifact_file=f"{name}.png")
+    else:
+        mlflow.log_image(image, key=name, step=step)

@@ -1,0 +1,115 @@
+"""Shared fixtures: synthetic dataset zips and a loopback-only HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import synthetic  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ZIP = REPO.parent / "shared" / "data" / "tiny-imagenet-100-A.zip"
+
+
+@pytest.fixture
+def synthetic_zip(tmp_path):
+    path = tmp_path / "tiny-imagenet-100-A.zip"
+    expected = synthetic.make_zip(path)
+    return path, expected
+
+
+class Route:
+    """What the server does for one path: serve ``body``, optionally cut after ``cut_at`` bytes
+    (``cuts`` times), or answer ``status``, or stall ``delay`` seconds first."""
+
+    def __init__(self, body: bytes = b"", *, status: int = 200, cut_at: int | None = None, cuts: int = 1,
+                 delay: float = 0.0, ranges: bool = True):
+        self.body, self.status, self.cut_at, self.cuts, self.delay, self.ranges = body, status, cut_at, cuts, delay, ranges
+        self.requests: list[dict] = []
+
+
+class LoopbackServer:
+    def __init__(self):
+        self.routes: dict[str, Route] = {}
+        routes = self.routes
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                route = routes.get(self.path.split("?")[0])
+                if route is None:
+                    self.send_error(404, "Not Found")
+                    return
+                route.requests.append({"range": self.headers.get("Range")})
+                if route.delay:
+                    time.sleep(route.delay)
+                if route.status != 200:
+                    self.send_error(route.status)
+                    return
+                body, start = route.body, 0
+                header = self.headers.get("Range")
+                if header and route.ranges:
+                    start = int(header.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                payload = body[start:]
+                if route.cut_at is not None and route.cuts > 0:
+                    route.cuts -= 1
+                    self.wfile.write(payload[: route.cut_at])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        class QuietServer(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # clients that time out or hang up on purpose
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add(self, path: str, route: Route) -> Route:
+        self.routes[path] = route
+        return route
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server():
+    server = LoopbackServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.close()

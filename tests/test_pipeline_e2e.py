@@ -1,0 +1,60 @@
+"""End to end, as a user would: a copy of the repo, `dvc repro` against a loopback mirror."""
+
+import os
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+from conftest import REPO, Route
+
+pytestmark = pytest.mark.slow
+
+TRACKED = ["pipeline", "conf", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def copy_repo(dest):
+    for name in TRACKED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy"], dest)
+
+
+def run(cmd, cwd, env=None):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def test_dvc_repro_downloads_prepares_tracks_and_then_does_nothing(http_server, synthetic_zip, tmp_path):
+    path, _ = synthetic_zip
+    route = http_server.add("/tiny-imagenet-100-A.zip", Route(path.read_bytes()))
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["CS231N_MIRROR"] = http_server.url
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'download'" in out and "Running stage 'prepare'" in out
+    assert len(route.requests) == 1
+    assert (repo / "data" / "prepared" / "train_images.npy").is_file()
+    assert (repo / "metrics" / "download.json").is_file() and (repo / "metrics" / "prepare.json").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    for job in ("download", "prepare"):
+        runs = client.search_runs([client.get_experiment_by_name(job).experiment_id])
+        assert [r.info.status for r in runs] == ["FINISHED"]
+        assert runs[0].data.tags["git_commit"] != "unknown"
+
+    again = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date" in again
+    assert len(route.requests) == 1  # nothing fetched the second time
+    status = run(["dvc", "status", "dvc.yaml"], repo, env)
+    assert "up to date" in status.lower()

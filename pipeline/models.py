@@ -215,7 +215,10 @@ def load_cs231n_h5(path: str | os.PathLike, num_classes: int = 100,
     also accepted, as the reference loader did. The h5 holds no mean image: pass
     ``mean_image`` to get a complete state dict, else load with ``strict=False``.
     """
-    import h5py  # optional dependency (the ``fetch`` extra)
+    try:
+        import h5py  # optional dependency (the ``fetch`` extra)
+    except ImportError:
+        raise ConfigError("reading pretrained_model.h5 needs h5py: pip install -e '.[fetch]'") from None
 
     path = os.fspath(path)
     expected = CS231nNet(num_classes).state_dict()
@@ -274,7 +277,7 @@ class ResNet(ImageClassifier):
 
     def __init__(self, num_classes: int = 100, mean_image=None,
                  widths: Sequence[int] = (64, 128, 256, 512), blocks: Sequence[int] = (2, 2, 2, 2),
-                 stem_width: int = 32, dropout: float = 0.0,
+                 stem_width: int = 32, stem_stride: int = 1, dropout: float = 0.0,
                  input_std: float | Sequence[float] = 64.0, zero_init_residual: bool = True):
         super().__init__(num_classes, mean_image)
         widths, blocks = list(widths), list(blocks)
@@ -284,7 +287,7 @@ class ResNet(ImageClassifier):
         std = torch.as_tensor(input_std, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).clone()
         self.register_buffer("input_std", std)
 
-        self.stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, 1, 1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, stem_stride, 1, bias=False),
                                   nn.BatchNorm2d(stem_width), nn.ReLU())
         self.layer_names = ["stem"]
         cin = stem_width

@@ -58,6 +58,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                                 "unset MLFLOW_TRACKING_URI to use the local mlflow.db") from None
     elif scheme == "sqlite":
         parent = Path(uri[len("sqlite:///"):]).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {parent} does not exist or is not writable")
 

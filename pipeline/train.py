@@ -1,0 +1,369 @@
+"""Job ``train``: train the classifier on the prepared cache, or fetch the original CS231n model;
+then evaluate it on the full val set and save ``models/classifier.pt``.
+
+Training reads uint8 tensors from the cache (no JPEG decoding), augments on whole batches
+(pad-and-crop, flip), can grow the image size over the epochs (progressive resizing: early
+epochs are cheap), runs under bf16 autocast with channels_last on CPU (CUDA + bf16 on GPU),
+keeps an EMA of the weights, and checkpoints every epoch so a killed run resumes with the
+same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pipeline import tracking
+from pipeline.classifier import architecture, model_from_file, pick_device, save_classifier
+from pipeline.data import PreparedData, load_prepared
+from pipeline.errors import ConfigError, DataError
+from pipeline.fetch import fetch
+from pipeline.files import atomic_path, write_json
+from pipeline.job import hydra_job, overrides, seed_everything
+from pipeline.models import ImageClassifier, build_model
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("train", "fetch")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """The train config for this device: the ``gpu`` block overrides the rest on CUDA."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    gpu = train.pop("gpu", {}) or {}
+    if device.type == "cuda":
+        train.update(gpu)
+    s = OmegaConf.create(train)
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if int(s[key]) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {s[key]}")
+    if not s.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {s.lr}")
+    if s.weight_decay < 0 or not 0 <= s.label_smoothing < 1:
+        raise ConfigError("train.weight_decay must be >= 0 and train.label_smoothing in [0, 1)")
+    if s.precision not in ("bf16", "fp32"):
+        raise ConfigError(f"train.precision must be bf16 or fp32, got {s.precision!r}")
+    if not 0 <= s.ema.decay < 1:
+        raise ConfigError(f"train.ema.decay must be in [0, 1), got {s.ema.decay}")
+    return s
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def image_size_at(epoch: int, s: DictConfig, full: int) -> int:
+    """Progressive resizing: grow linearly from ``resize.start`` to full size, then hold it."""
+    start = int(s.resize.start or full)
+    ramp = max(s.epochs - int(s.resize.full_size_epochs), 1)
+    if start >= full or epoch >= ramp:
+        return full
+    size = start + (full - start) * epoch / ramp
+    return min(full, int(round(size / 8) * 8))
+
+
+def learning_rate(step: int, total: int, s: DictConfig) -> float:
+    """One-cycle: linear warm-up to ``lr``, then cosine down to ``lr * final_lr_fraction``."""
+    warm = max(int(total * s.warmup_fraction), 1)
+    if step < warm:
+        return s.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    low = s.lr * s.final_lr_fraction
+    return low + (s.lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """Random pad-and-crop (zero padding) and horizontal flip of a uint8 batch, all at once."""
+    n, c, h, w = images.shape
+    if pad:
+        padded = F.pad(images, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+        images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def to_input(images: torch.Tensor, device: torch.device, size: int | None, channels_last: bool) -> torch.Tensor:
+    """uint8 batch -> float pixels 0..255 on ``device`` (resized when training small)."""
+    x = images.to(device, non_blocking=True).float()
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def predict(model: ImageClassifier, images: torch.Tensor, *, batch_size: int, device: torch.device,
+            precision: str = "fp32", channels_last: bool = False, tta_flip: bool = False,
+            progress: bool | None = False) -> torch.Tensor:
+    """Float32 class scores for uint8 images (N, 3, H, W); ``tta_flip`` averages with the mirror image."""
+    model.eval()
+    out = []
+    for lo in tqdm(range(0, len(images), batch_size), desc="eval", leave=False,
+                   disable=None if progress is None else not progress):
+        x = to_input(images[lo:lo + batch_size], device, None, channels_last)
+        with autocast(device, precision):
+            scores = model(x).float()
+            if tta_flip:
+                scores = (scores + model(x.flip(-1)).float()) / 2
+        out.append(scores.cpu())
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
+def evaluate(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    return {
+        "loss": float(F.cross_entropy(scores, labels)),
+        "accuracy": float((top5[:, 0] == labels).float().mean()),
+        "top5": float((top5 == labels[:, None]).any(1).float().mean()),
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+class EMA:
+    """Exponential moving average of weights (and a copy of BN statistics) for evaluation."""
+
+    def __init__(self, model: ImageClassifier, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: ImageClassifier, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm start: early weights fade fast
+        ema_state, state = self.model.state_dict(), model.state_dict()
+        for key, value in state.items():
+            if value.dtype.is_floating_point:
+                ema_state[key].lerp_(value, 1 - decay)
+            else:
+                ema_state[key].copy_(value)
+
+
+def fingerprint(cfg: DictConfig, s: DictConfig, sha256: str) -> str:
+    """What a resumable checkpoint must agree on: settings, architecture, seed, data."""
+    blob = json.dumps({"train": OmegaConf.to_container(s), "arch": architecture(cfg.model), "seed": cfg.seed,
+                       "data": sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: DictConfig) -> tuple[
+        ImageClassifier, list[dict]]:
+    import mlflow
+
+    train_split, val_split = data.split("train"), data.split("val")
+    if len(train_split) == 0:
+        raise DataError("the training set is empty")
+    if len(val_split) == 0:
+        raise DataError("the validation set is empty")
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, mean_image=data.mean_image, num_classes=data.num_classes).to(device)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": s.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+    ema = EMA(model, s.ema.decay) if s.ema.enabled else None
+    train_images, labels = train_split.images, train_split.labels
+    if s.max_train_images:  # quick experiments: a fixed random subset
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))[:s.max_train_images]
+        train_images, labels = train_images[keep.sort().values], labels[keep.sort().values]
+    train_images = train_images.clone()  # private RAM copy: fast random access
+    steps_per_epoch = math.ceil(len(train_images) / s.batch_size) if not s.drop_last else \
+        max(len(train_images) // s.batch_size, 1)
+    total_steps = steps_per_epoch * s.epochs
+    full = data.image_size
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = Path(cfg.paths.checkpoints) / "train_last.pt"
+    key = fingerprint(cfg, s, data.sha256)
+    if checkpoint.is_file() and s.resume:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == key:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.model.load_state_dict(state["ema"])
+            history, start_epoch = state["history"], state["epoch"]
+            log.info("resuming from %s after epoch %d", checkpoint, start_epoch)
+            for row in history:  # the MLflow run of a resumed job shows the whole curve
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        else:
+            log.info("ignoring %s: it belongs to another configuration", checkpoint)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+    monitor = min(int(s.epoch_val_images or len(val_split)), len(val_split))  # per-epoch curve; final uses all
+    for epoch in range(start_epoch, s.epochs):
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_images), generator=generator)
+        size = image_size_at(epoch, s, full)
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        started = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{s.epochs} @{size}px", leave=False,
+                   disable=None if cfg.progress is None else not cfg.progress)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            idx = order[i * s.batch_size:(i + 1) * s.batch_size]
+            batch = augment(train_images[idx], generator, s.augment.pad, s.augment.flip)
+            target = labels[idx].to(device, non_blocking=True)
+            x = to_input(batch, device, size, s.channels_last)
+            lr = learning_rate(step, total_steps, s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, s.precision):
+                scores = model(x)
+                loss = criterion(scores.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None and step % s.ema.every == 0:
+                ema.update(model, step)
+            seen += len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((scores.argmax(1) == target).sum())
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
+        seconds = time.perf_counter() - started
+        eval_model = ema.model if ema is not None else model
+        scores = predict(eval_model, val_split.images[:monitor], batch_size=s.eval_batch_size, device=device,
+                         precision=s.precision, channels_last=s.channels_last)
+        val = evaluate(scores, val_split.labels[:monitor])
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_top5": val["top5"], "lr": lr,
+               "images_per_second": seen / seconds, "epoch_seconds": seconds, "image_size": size}
+        history.append(row)
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        log.info("epoch %d/%d @%dpx: train loss %.3f acc %.3f | val acc %.4f top5 %.4f | %.0f img/s, %.0fs",
+                 epoch + 1, s.epochs, size, row["train_loss"], row["train_accuracy"], row["val_accuracy"],
+                 row["val_top5"], row["images_per_second"], seconds)
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"fingerprint": key, "epoch": epoch + 1, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "ema": ema.model.state_dict() if ema else None,
+                        "history": history}, tmp)
+    final = ema.model if ema is not None else model
+    return final.to(memory_format=torch.contiguous_format), history
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str], top: int = 25) -> tuple[
+        list[dict], list[dict]]:
+    """(top confused pairs, per-class accuracy), rows ready for CSV."""
+    n = len(names)
+    preds = scores.argmax(1)
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    off = matrix.clone()
+    off.fill_diagonal_(0)
+    values, flat = off.flatten().topk(min(top, n * n))
+    pairs = [{"true": names[int(f) // n], "predicted": names[int(f) % n], "count": int(v),
+              "fraction_of_true": float(v) / max(int(matrix[int(f) // n].sum()), 1)}
+             for v, f in zip(values, flat) if v > 0]
+    per_class = [{"index": i, "class": names[i], "accuracy": float(matrix[i, i]) / max(int(matrix[i].sum()), 1),
+                  "count": int(matrix[i].sum()),
+                  "most_confused_with": names[int(off[i].argmax())] if off[i].sum() else ""} for i in range(n)]
+    return pairs, sorted(per_class, key=lambda r: r["accuracy"])
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------- job
+
+
+def run(cfg: DictConfig) -> dict:
+    import mlflow
+
+    source = cfg.model.source
+    if source not in SOURCES:
+        raise ConfigError(f"unknown model.source {source!r}; choose one of {', '.join(SOURCES)}")
+    device = pick_device(cfg.train.device)
+    s = settings(cfg, device)
+    if s.threads:
+        torch.set_num_threads(int(s.threads))
+    data = load_prepared(cfg.paths.prepared)
+    build_model(cfg.model, num_classes=data.num_classes)  # unknown arch/options fail before any work
+    out_dir = Path(cfg.paths.metrics)
+    with tracking.start_run(cfg, "train", dataset_sha256=data.sha256, overrides=overrides()):
+        mlflow.set_tags({"model_source": source, "device": str(device), "arch": cfg.model.arch})
+        started = time.perf_counter()
+        if source == "train":
+            model, history = train_model(cfg, data, device, s)
+            images_per_second = float(np.mean([r["images_per_second"] for r in history]))
+            train_minutes = (time.perf_counter() - started) / 60
+        else:
+            target = Path(cfg.paths.checkpoints) / ("fetched_" + Path(cfg.model.url.split("?")[0]).name)
+            fetch(cfg.model.url, target, sha256=cfg.model.sha256, progress=cfg.progress)
+            model, _ = model_from_file(target, cfg.model, data.mean_image, data.num_classes)
+            history, images_per_second, train_minutes = [], 0.0, 0.0
+        model = model.to(device).eval()
+        val = data.split("val")
+        started_eval = time.perf_counter()
+        scores = predict(model, val.images, batch_size=s.eval_batch_size, device=device, precision=s.precision,
+                         channels_last=s.channels_last, tta_flip=s.tta_flip, progress=cfg.progress)
+        eval_seconds = time.perf_counter() - started_eval
+        result = evaluate(scores, val.labels)
+        metrics = {"val_accuracy": result["accuracy"], "val_top5": result["top5"], "val_loss": result["loss"],
+                   "train_minutes": train_minutes,
+                   "images_per_second": images_per_second if source == "train" else len(val) / eval_seconds,
+                   "epochs": len(history), "num_parameters": sum(p.numel() for p in model.parameters())}
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+        pairs, per_class = confusion_tables(scores, val.labels, data.class_names)
+        reports = Path(cfg.paths.checkpoints) / "reports"
+        write_csv(reports / "confusion_top_pairs.csv", pairs)
+        write_csv(reports / "per_class_accuracy.csv", per_class)
+        mlflow.log_artifact(str(reports / "confusion_top_pairs.csv"))
+        mlflow.log_artifact(str(reports / "per_class_accuracy.csv"))
+        arch = architecture(cfg.model)
+        arch["num_classes"] = data.num_classes
+        save_classifier(cfg.paths.classifier, model, arch, wnids=data.wnids, class_names=data.class_names,
+                        source=source, extra={"val_accuracy": metrics["val_accuracy"],
+                                              "dataset_sha256": data.sha256})
+        mlflow.log_artifact(cfg.paths.classifier)
+        write_csv(Path(cfg.paths.plots) / "train.csv", history)
+        write_json(out_dir / "train.json", metrics)
+        log.info("val accuracy %.4f, top-5 %.4f (%s, %d epochs, %.1f min)", metrics["val_accuracy"],
+                 metrics["val_top5"], source, len(history), train_minutes)
+    return metrics
+
+
+main = hydra_job("train", run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The train job on tiny synthetic data: outputs, determinism, resume after a kill, fetch, bad configs."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import synthetic
+import torch
+from conftest import REPO, Route
+from hydra import compose, initialize_config_dir
+
+from pipeline import data, train
+from pipeline.classifier import load_classifier
+from pipeline.errors import ConfigError, DataError
+from pipeline.job import CONF_DIR
+
+TINY_MODEL = ["model.widths=[8,16]", "model.blocks=[1,1]", "model.stem_width=8"]
+TINY = [*TINY_MODEL, "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16", "train.resize.start=48",
+        "train.resize.full_size_epochs=1", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.make_zip(root / "d.zip", num_classes=4, train_per_class=12, val_per_class=4)
+    data.prepare(root / "d.zip", root / "prepared", workers=1, progress=False)
+    return root / "prepared"
+
+
+def job_cfg(prepared, out, *overrides):
+    tiny = [o for o in TINY if o not in TINY_MODEL] if "model=cs231n" in overrides else TINY
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"paths.prepared={prepared}", f"paths.metrics={out}/metrics", f"paths.plots={out}/plots",
+            f"paths.classifier={out}/models/classifier.pt", f"paths.checkpoints={out}/checkpoints",
+            f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides, *tiny])
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
+    metrics = train.run(job_cfg(prepared, tmp_path))
+    saved = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert {"val_accuracy", "val_top5", "train_minutes", "images_per_second"} <= set(saved)
+    assert 0 <= saved["val_accuracy"] <= saved["val_top5"] <= 1 and saved["epochs"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "plots" / "train.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["image_size"]) for r in rows] == [48, 64]
+    model, meta = load_classifier(tmp_path / "models" / "classifier.pt")
+    assert meta["source"] == "train" and meta["class_names"][0] == "goldfish" and model.num_classes == 4
+    val = data.load_prepared(prepared).split("val")
+    scores = train.predict(model, val.images, batch_size=16, device=torch.device("cpu"), precision="bf16",
+                           channels_last=True, tta_flip=True)
+    assert train.evaluate(scores, val.labels)["accuracy"] == pytest.approx(saved["val_accuracy"])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+    assert run.data.tags["model_source"] == "train"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_top_pairs.csv", "per_class_accuracy.csv", "classifier.pt", "config.yaml"} <= artifacts
+
+
+def test_same_seed_same_weights(prepared, tmp_path):
+    train.run(job_cfg(prepared, tmp_path / "a"))
+    train.run(job_cfg(prepared, tmp_path / "b"))
+    train.run(job_cfg(prepared, tmp_path / "c", "seed=1"))
+    a, b, c = (torch.load(tmp_path / d / "models" / "classifier.pt")["state_dict"] for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(prepared, tmp_path):
+    args = [f"paths.prepared={prepared}", f"paths.metrics={tmp_path}/k/metrics", f"paths.plots={tmp_path}/k/plots",
+            f"paths.classifier={tmp_path}/k/classifier.pt", f"paths.checkpoints={tmp_path}/k/checkpoints",
+            f"tracking.uri=sqlite:///{tmp_path}/k/mlflow.db", f"hydra.run.dir={tmp_path}/k/out", "progress=false",
+            *[o.replace("train.epochs=2", "train.epochs=6") for o in TINY]]
+    checkpoint = tmp_path / "k" / "checkpoints" / "train_last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # as a crash or `kill -9` would
+    proc.wait()
+    done = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 1 <= done < 6, "the kill should land mid-training"
+    assert not (tmp_path / "k" / "classifier.pt").exists()
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.train", *args], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoint} after epoch {done}" in resumed.stdout + resumed.stderr
+    train.run(job_cfg(prepared, tmp_path / "u", "train.epochs=6"))  # uninterrupted
+    got = torch.load(tmp_path / "k" / "classifier.pt")["state_dict"]
+    want = torch.load(tmp_path / "u" / "models" / "classifier.pt")["state_dict"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert len(list(csv.DictReader(open(tmp_path / "k" / "plots" / "train.csv")))) == 6
+
+
+def test_fetch_cs231n_h5_over_http(prepared, tmp_path, http_server):
+    test_models = pytest.importorskip("test_models")
+    weights = test_models.random_weights(seed=1, num_classes=4)
+    h5 = test_models.write_h5(tmp_path / "pretrained_model.h5", weights)
+    http_server.add("/pretrained_model.h5", Route(h5.read_bytes()))
+    cfg = job_cfg(prepared, tmp_path, "model=cs231n", "model.source=fetch", f"model.url={http_server.url}/pretrained_model.h5")
+    metrics = train.run(cfg)
+    assert metrics["train_minutes"] == 0 and metrics["epochs"] == 0 and 0 <= metrics["val_accuracy"] <= 1
+    model, meta = load_classifier(tmp_path / "models" / "classifier.pt")
+    assert meta["source"] == "fetch" and meta["arch"]["arch"] == "cs231n"
+    cache = data.load_prepared(prepared)
+    pixels = cache.split("val").images[:3].double().numpy()
+    expected = test_models.reference_forward(pixels, cache.mean_image.double().numpy(),
+                                             {k: v.astype(np.float64) for k, v in weights.items()})
+    test_models.assert_close(model(torch.from_numpy(pixels).float()), expected)
+
+
+def test_fetch_checks_sha256(prepared, tmp_path, http_server):
+    http_server.add("/pretrained_model.h5", Route(b"not really"))
+    cfg = job_cfg(prepared, tmp_path, "model=cs231n", "model.source=fetch",
+                  f"model.url={http_server.url}/pretrained_model.h5", "model.sha256=" + "0" * 64)
+    with pytest.raises(Exception, match="sha256 mismatch"):
+        train.run(cfg)
+    assert not (tmp_path / "models" / "classifier.pt").exists()
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("model.arch=vgg", ConfigError, "unknown model arch 'vgg'; known: cs231n, resnet"),
+    ("train.lr=-0.1", ConfigError, "train.lr must be > 0"),
+    ("train.epochs=0", ConfigError, "train.epochs must be >= 1"),
+    ("model.source=hub", ConfigError, "unknown model.source 'hub'"),
+    ("train.precision=fp8", ConfigError, "bf16 or fp32"),
+])
+def test_bad_configs_fail_before_work(prepared, tmp_path, override, error, message):
+    with pytest.raises(error, match=message):
+        train.run(job_cfg(prepared, tmp_path, override))
+    assert not (tmp_path / "models").exists()
+
+
+def test_empty_training_set(prepared, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in os.listdir(prepared):
+        (empty / name).write_bytes((prepared / name).read_bytes())
+    np.save(empty / "train_images.npy", np.zeros((0, 3, 64, 64), np.uint8))
+    np.save(empty / "train_labels.npy", np.zeros((0,), np.int64))
+    meta = json.loads((empty / "meta.json").read_text())
+    meta["files"]["train"] = []
+    (empty / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="training set is empty"):
+        train.run(job_cfg(empty, tmp_path / "out"))
+
+
+def test_lr_schedule_and_resize_schedule():
+    s = job_cfg("x", "y", "train.epochs=10", "train.resize.start=32", "train.resize.full_size_epochs=2").train
+    assert [train.image_size_at(e, s, 64) for e in range(10)] == [32, 32, 40, 48, 48, 48, 56, 64, 64, 64]
+    lrs = [train.learning_rate(t, 100, s) for t in range(100)]
+    assert max(lrs) == pytest.approx(s.lr) and lrs[0] < lrs[10] and lrs[-1] < 0.05 * s.lr
+    assert lrs.index(max(lrs)) == int(100 * s.warmup_fraction) - 1
+
+
+def test_augment_crops_the_padded_image_and_flips():
+    x = torch.arange(4 * 3 * 8 * 8, dtype=torch.int64).reshape(4, 3, 8, 8).to(torch.uint8)
+    out = train.augment(x, torch.Generator().manual_seed(0), pad=2, flip=False)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(4):
+        assert any(torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    flipped = train.augment(x, torch.Generator().manual_seed(3), pad=0, flip=True)
+    kinds = ["same" if torch.equal(flipped[i], x[i]) else "flip" if torch.equal(flipped[i], x[i].flip(-1)) else "?"
+             for i in range(4)]
+    assert "?" not in kinds

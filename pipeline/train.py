@@ -358,6 +358,8 @@ def run(cfg: DictConfig) -> dict:
         mlflow.log_artifact(cfg.paths.classifier)
         write_csv(Path(cfg.paths.plots) / "train.csv", history)
         write_json(out_dir / "train.json", metrics)
+        # Resuming is for killed runs only: a finished run must not short-cut the next one.
+        (Path(cfg.paths.checkpoints) / "train_last.pt").unlink(missing_ok=True)
         log.info("val accuracy %.4f, top-5 %.4f (%s, %d epochs, %.1f min)", metrics["val_accuracy"],
                  metrics["val_top5"], source, len(history), train_minutes)
     return metrics

@@ -40,7 +40,7 @@ def job_cfg(prepared, out, *overrides):
         return compose(config_name="config", overrides=[
             f"paths.prepared={prepared}", f"paths.metrics={out}/metrics", f"paths.plots={out}/plots",
             f"paths.classifier={out}/models/classifier.pt", f"paths.checkpoints={out}/checkpoints",
-            f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides, *tiny])
+            f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *tiny, *overrides])
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +58,7 @@ def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["image_size"]) for r in rows] == [48, 64]
     model, meta = load_classifier(tmp_path / "models" / "classifier.pt")
     assert meta["source"] == "train" and meta["class_names"][0] == "goldfish" and model.num_classes == 4
+    assert not (tmp_path / "checkpoints" / "train_last.pt").exists()  # only killed runs leave one to resume
     val = data.load_prepared(prepared).split("val")
     scores = train.predict(model, val.images, batch_size=16, device=torch.device("cpu"), precision="bf16",
                            channels_last=True, tta_flip=True)

@@ -98,3 +98,22 @@ def test_cli_error_is_one_clear_line(http_server, tmp_path):
     assert "download: error: HTTP 404 Not Found for http://127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "dataset.zip").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_multirun_gives_one_mlflow_run_per_configuration(tmp_path):
+    zips = []
+    for seed in (1, 2):
+        path = tmp_path / f"d{seed}.zip"
+        synthetic.make_zip(path, num_classes=2, train_per_class=1, val_per_class=1, num_test=1, seed=seed)
+        zips.append(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.download", "-m", f"data.url={zips[0]},{zips[1]}",
+         f"paths.raw_zip={tmp_path}/raw/dataset.zip", f"paths.metrics={tmp_path}/metrics",
+         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("download").experiment_id])
+    assert sorted(r.data.params["data.url"] for r in runs) == sorted(str(z) for z in zips)
+    assert sorted(r.data.tags["hydra_overrides"].split()[0] for r in runs) == sorted(f"data.url={z}" for z in zips)
+    assert (tmp_path / "multirun" / "0").is_dir() and (tmp_path / "multirun" / "1").is_dir()

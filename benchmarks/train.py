@@ -103,7 +103,8 @@ def main() -> None:
         data.prepare(zip_path, tmp / "prepared", progress=False)
         prepared = data.load_prepared(tmp / "prepared")
         extracted = archive.extract(zip_path, tmp / "extracted", progress=False) / prepared.meta["dataset"]
-        print(f"model          {cfg.model.arch} {dict((k, list(v) if not isinstance(v, (int, float, str)) else v) for k, v in cfg.model.items() if k in ('widths', 'blocks', 'stem_width', 'stem_stride'))}")
+        print(f"model          {cfg.model.arch}: " + ", ".join(f"{k}={cfg.model[k]}" for k in cfg.model
+                                                           if k not in ("url", "path", "sha256", "source")))
         print(f"threads        {torch.get_num_threads()}, batch {cfg.train.batch_size}, {args.steps} timed steps each")
         naive = naive_images_per_second(cfg, extracted, args.steps, prepared.mean_image)
         print(f"naive          {naive:8.1f} images/s  (ImageFolder JPEGs + DataLoader(2 workers), fp32)")

@@ -8,11 +8,13 @@ read or written (zip-slip, zip bombs), and nothing is ever loaded into memory wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -75,12 +77,25 @@ def find_root(zf: zipfile.ZipFile) -> str:
     return roots[0]
 
 
+# What reading a broken, encrypted or exotically compressed member raises.
+MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError)
+
+
+@contextlib.contextmanager
+def member_errors(archive_path, name: str):
+    """Turn a failure to read one member into a DataError that names it."""
+    try:
+        yield
+    except MEMBER_ERRORS as exc:
+        raise DataError(f"{archive_path}: member {name} cannot be read ({exc})") from None
+
+
 def read_text(zf: zipfile.ZipFile, name: str) -> str:
     try:
         return zf.read(name).decode("utf-8")
     except KeyError:
         raise DataError(f"{zf.filename}: missing {name}") from None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (*MEMBER_ERRORS, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{zf.filename}: cannot read {name}: {exc}") from None
 
 
@@ -95,7 +110,7 @@ def extract(path: str | os.PathLike, dest: str | os.PathLike, *, progress: bool 
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
+            with member_errors(path, info.filename), zf.open(info) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     return dest
 
@@ -123,12 +138,16 @@ def derive_subset(src: str | os.PathLike, dest: str | os.PathLike, wnids: list[s
         out_root = root_name.rstrip("/") + "/"
         counts = {"train": 0, "val": 0, "test": 0}
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w") as out:
-            out.writestr(out_root + "wnids.txt", "".join(w + "\n" for w in wanted))
-            out.writestr(out_root + "val/val_annotations.txt", "".join(line + "\n" for line in val_lines),
-                         compress_type=zipfile.ZIP_DEFLATED)
+            # Fixed timestamps: the same inputs give the same bytes (and sha256) on every run.
+            stamp = (1980, 1, 1, 0, 0, 0)
+            out.writestr(zipfile.ZipInfo(out_root + "wnids.txt", stamp), "".join(w + "\n" for w in wanted))
+            out.writestr(zipfile.ZipInfo(out_root + "val/val_annotations.txt", stamp),
+                         "".join(line + "\n" for line in val_lines), compress_type=zipfile.ZIP_DEFLATED)
             members = tqdm(zf.infolist(), desc="derive", unit="file", leave=False,
                            disable=None if progress is None else not progress)
             for info in members:
+                if not info.filename.startswith(root):
+                    continue  # outside the dataset folder
                 rel = info.filename[len(root):]
                 parts = rel.split("/")
                 if rel == "words.txt":
@@ -143,7 +162,8 @@ def derive_subset(src: str | os.PathLike, dest: str | os.PathLike, wnids: list[s
                     continue
                 if info.is_dir():
                     continue
-                with zf.open(info) as fin, out.open(_copy_info(info, out_root + rel), "w") as fout:
+                with member_errors(src, info.filename), zf.open(info) as fin, \
+                        out.open(_copy_info(info, out_root + rel), "w") as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
                 if split and rel.endswith(".JPEG"):
                     counts[split] += 1

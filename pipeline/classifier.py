@@ -72,7 +72,7 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def model_from_file(path: str | os.PathLike, model_cfg: Mapping, mean_image: torch.Tensor,
-                    num_classes: int) -> tuple[ImageClassifier, dict]:
+                    num_classes: int, wnids: list[str]) -> tuple[ImageClassifier, dict]:
     """Load fetched weights: the original CS231n ``pretrained_model.h5`` or one of our checkpoints."""
     path = Path(path)
     with open(path, "rb") as f:
@@ -86,4 +86,6 @@ def model_from_file(path: str | os.PathLike, model_cfg: Mapping, mean_image: tor
         model.load_state_dict(load_cs231n_h5(path, num_classes=num_classes, mean_image=mean_image))
         return model.eval(), arch
     model, meta = load_classifier(path)
+    if meta["wnids"] != list(wnids):
+        raise DataError(f"{path} was trained on other classes (or another class order) than the prepared data")
     return model, meta["arch"]

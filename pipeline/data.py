@@ -22,7 +22,6 @@ import re
 import multiprocessing
 import time
 import zipfile
-import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,10 +173,11 @@ def _decode_chunk(zip_path: Path, npy_path: Path, members: list[str], start: int
     names = members[start:stop]
     blobs = []
     for name in names:
-        try:
-            blobs.append(zf.read(name))
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{zip_path}: member {name} is corrupt ({exc})") from None
+        with archive.member_errors(zip_path, name):
+            blob = zf.read(name)
+        if not blob:
+            raise DataError(f"{zip_path}: member {name} is empty")
+        blobs.append(blob)
     images = _decode_batch(blobs, names, size, counts)
     out = np.load(npy_path, mmap_mode="r+")
     out[start:stop] = images
@@ -211,9 +211,9 @@ def prepare(zip_path: str | os.PathLike, out_dir: str | os.PathLike, *, image_si
         raise ConfigError(f"prepare: workers ({workers}), chunk ({chunk}) and image_size ({image_size}) must be >= 1")
     zip_path = Path(zip_path)
     start_time = time.perf_counter()
-    sha256 = sha256_file(zip_path)
     with archive.open_checked(zip_path, max_total_bytes=max_total_bytes) as zf:
         listing = list_members(zf)
+    sha256 = sha256_file(zip_path)
     counts: dict[str, int] = {}
     total = sum(len(m) for m in listing.members.values())
     out_dir = Path(out_dir)

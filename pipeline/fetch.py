@@ -30,7 +30,14 @@ _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 def redact(url: str) -> str:
-    """The URL without any ``user:password@`` part, fit for logs and error messages."""
+    """The URL without any ``user:password@`` part, fit for logs and error messages.
+
+    Also accepts text with a URL inside (``data.url=https://u:p@host/x``).
+    """
+    if "://" in url and not url.split("://", 1)[0].isalnum():
+        head, sep, rest = url.partition("=")
+        if sep and "://" in rest:
+            return head + sep + redact(rest)
     parts = urllib.parse.urlsplit(url)
     if not (parts.username or parts.password):
         return url
@@ -83,8 +90,8 @@ def fetch(
             _copy_local(url, part, chunk_size=chunk_size, progress=progress)
         else:
             raise DownloadError(f"unsupported URL scheme {scheme!r} in {shown} (use http, https, file or a path)")
-    except DownloadError:
-        raise
+    except OSError as exc:  # local copy or writing the .part file (disk full, permissions)
+        raise DownloadError(f"download of {shown} to {part} failed: {exc}") from None
     except KeyboardInterrupt:
         log.warning("interrupted; the partial file %s is kept so the next run resumes", part)
         raise
@@ -120,8 +127,7 @@ def _http_download(url: str, part: Path, *, retries: int, timeout: float, backof
             if _http_attempt(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress):
                 return
             raise _Transient("connection closed before the whole body arrived")
-        except (_Transient, urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                socket.timeout, TimeoutError) as exc:
+        except (_Transient, http.client.HTTPException, OSError) as exc:  # URLError, SSL, resets, timeouts
             if isinstance(exc, urllib.error.HTTPError) and exc.code not in _TRANSIENT_HTTP:
                 part.unlink(missing_ok=True)
                 raise DownloadError(f"HTTP {exc.code} {exc.reason} for {shown}") from None
@@ -179,8 +185,8 @@ def _http_attempt(url: str, part: Path, *, timeout: float, chunk_size: int, prog
             mode, done = "wb", 0  # no resume support, or a fresh start
         else:
             raise _Transient(f"unexpected HTTP status {status}")
-        length = response.headers.get("Content-Length")
-        expected = done + int(length) if length is not None else None
+        length = response.headers.get("Content-Length", "")
+        expected = done + int(length) if length.strip().isdigit() else None  # malformed = unknown
         with open(part, mode) as out, _bar(expected, done, Path(urllib.parse.urlsplit(url).path).name, progress) as bar:
             while block := response.read(chunk_size):
                 out.write(block)

@@ -28,13 +28,18 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        _apply_umask(tmp, is_dir)
         if is_dir:
             if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                path.rename(old / "previous")
+                try:
+                    tmp.rename(path)
+                except BaseException:
+                    (old / "previous").rename(path)
+                    raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(path)
         else:
@@ -45,6 +50,13 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _apply_umask(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give outputs the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~umask)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

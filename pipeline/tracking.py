@@ -66,6 +66,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow store {uri}: folder {parent} does not exist or is not writable")
 
 
+def redacted(value):
+    """``value`` (nested containers too) with credentials removed from every URL in it."""
+    if isinstance(value, str):
+        return redact(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(v) for v in value]
+    return value
+
+
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     """Nested config -> {"data.url": "...", ...} with values as MLflow param strings."""
     flat: dict[str, str] = {}
@@ -109,7 +120,7 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
-        "hydra_overrides": " ".join(overrides or []),
+        "hydra_overrides": " ".join(redacted(list(overrides or []))),
     }
     if dataset_sha256:
         tags["dataset_sha256"] = dataset_sha256
@@ -119,7 +130,7 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
     except Exception as exc:  # MLflow wraps store errors in many types
         raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: {exc}") from None
     with run:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = redacted(OmegaConf.to_container(cfg, resolve=True))  # mirror URLs may carry passwords
         mlflow.log_params(flatten(resolved))
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, f"{cfg.tracking.experiment_prefix}{job}",

@@ -59,8 +59,9 @@ def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
         raise ConfigError("train.weight_decay must be >= 0 and train.label_smoothing in [0, 1)")
     if s.precision not in ("bf16", "fp32"):
         raise ConfigError(f"train.precision must be bf16 or fp32, got {s.precision!r}")
-    if not 0 <= s.ema.decay < 1:
-        raise ConfigError(f"train.ema.decay must be in [0, 1), got {s.ema.decay}")
+    if not 0 <= s.ema.decay < 1 or int(s.ema.every) < 1:
+        raise ConfigError(f"train.ema.decay must be in [0, 1) and train.ema.every >= 1, got {s.ema.decay}, "
+                          f"{s.ema.every}")
     return s
 
 
@@ -207,9 +208,14 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
     start_epoch = 0
     checkpoint = Path(cfg.paths.checkpoints) / "train_last.pt"
     key = fingerprint(cfg, s, data.sha256)
+    state = None
     if checkpoint.is_file() and s.resume:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == key:
+        try:  # tensors, numbers and strings only: no pickled code runs
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file is not worth failing the run for
+            log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, exc)
+    if state is not None:
+        if isinstance(state, dict) and state.get("fingerprint") == key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if ema is not None:
@@ -328,9 +334,11 @@ def run(cfg: DictConfig) -> dict:
             images_per_second = float(np.mean([r["images_per_second"] for r in history]))
             train_minutes = (time.perf_counter() - started) / 60
         else:
+            if not cfg.model.get("url"):
+                raise ConfigError(f"model.source=fetch needs model.url (model {cfg.model.arch!r} has none)")
             target = Path(cfg.paths.checkpoints) / ("fetched_" + Path(cfg.model.url.split("?")[0]).name)
             fetch(cfg.model.url, target, sha256=cfg.model.sha256, progress=cfg.progress)
-            model, _ = model_from_file(target, cfg.model, data.mean_image, data.num_classes)
+            model, _ = model_from_file(target, cfg.model, data.mean_image, data.num_classes, data.wnids)
             history, images_per_second, train_minutes = [], 0.0, 0.0
         model = model.to(device).eval()
         val = data.split("val")

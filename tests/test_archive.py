@@ -89,6 +89,8 @@ def test_derive_subset_from_200_layout(tmp_path):
                 expected["members"][f"tiny-imagenet-200/val/images/{name}"]
         assert not any("/n01629819/" in n for n in names)
         assert "tiny-imagenet-100-A/words.txt" in names
+    again = archive.derive_subset(big, tmp_path / "sub-again.zip", subset, root_name="tiny-imagenet-100-A")
+    assert again == counts and (tmp_path / "sub-again.zip").read_bytes() == (tmp_path / "sub.zip").read_bytes()
     with pytest.raises(DataError, match="lacks 1 of the requested wnids"):
         archive.derive_subset(big, tmp_path / "sub2.zip", ["n12345678"], root_name="x")
     assert not (tmp_path / "sub2.zip").exists()

@@ -108,6 +108,7 @@ def jpeg_of_size(w, h):
      r"line 9 names class 'n99999999'"),
     (lambda n, d: b"" if n.endswith("wnids.txt") else d, "lists no classes"),
     (lambda n, d: None if "/train/" in n else d, "no training images"),
+    (lambda n, d: b"" if n.endswith("val_2.JPEG") else d, r"val_2\.JPEG is empty"),
 ])
 def test_bad_datasets_fail_clearly_and_write_nothing(synthetic_zip, tmp_path, change, message):
     path, _ = synthetic_zip

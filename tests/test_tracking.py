@@ -70,3 +70,17 @@ def test_uri_resolution(tmp_path, monkeypatch):
 def test_flatten():
     flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x" * 7000})
     assert flat["a.b"] == "1" and flat["a.c"] == "[1, 2]" and len(flat["d"]) == tracking.MAX_PARAM_LENGTH
+
+
+def test_credentials_in_urls_are_not_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CS231N_MIRROR", "https://alice:s3cret@mirror.example")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    with tracking.start_run(cfg, "demo", overrides=["data.url=https://bob:pw2@h/x.zip?a=b"]) as run:
+        pass
+    got = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run.info.run_id)
+    recorded = " ".join([*got.data.params.values(), *got.data.tags.values(),
+                         mlflow.artifacts.load_text(f"{got.info.artifact_uri}/config.yaml")])
+    assert "s3cret" not in recorded and "pw2" not in recorded
+    assert got.data.params["data.url"] == "https://mirror.example/tiny-imagenet-100-A.zip"

@@ -140,6 +140,8 @@ def test_fetch_checks_sha256(prepared, tmp_path, http_server):
     ("train.epochs=0", ConfigError, "train.epochs must be >= 1"),
     ("model.source=hub", ConfigError, "unknown model.source 'hub'"),
     ("train.precision=fp8", ConfigError, "bf16 or fp32"),
+    ("model.source=fetch", ConfigError, "needs model.url"),
+    ("train.ema.every=0", ConfigError, "train.ema.every >= 1"),
 ])
 def test_bad_configs_fail_before_work(prepared, tmp_path, override, error, message):
     with pytest.raises(error, match=message):

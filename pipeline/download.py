@@ -7,7 +7,6 @@ TinyImageNet-100-A subset from it (same file names, same class order).
 from __future__ import annotations
 
 import logging
-import os
 import time
 import zipfile
 from pathlib import Path

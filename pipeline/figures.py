@@ -20,7 +20,7 @@ def to_uint8_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array), 0, 255).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
@@ -39,7 +39,7 @@ def grid(images: Sequence[torch.Tensor | np.ndarray], captions: Sequence[str] | 
     columns = columns or math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / columns)
     text_h = (font_size + 2) * caption_lines if captions else 0
-    font = _font(font_size)
+    font = load_font(font_size)
     canvas = Image.new("RGB", (columns * (width + pad) + pad, rows * (height + text_h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i, tile in enumerate(tiles):
@@ -69,3 +69,24 @@ def _fit(line: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width:
     while line and draw.textlength(line, font=font) > width:
         line = line[:-2] + "…" if len(line) > 2 else ""
     return line
+
+
+# Anchors of matplotlib's "inferno" (dark -> bright, perceptually ordered): saliency heat maps
+# without a plotting dependency.
+_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
+                     [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def heatmap(values: torch.Tensor | np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """(H, W) non-negative values -> HxWx3 uint8, 0 dark, ``vmax`` (default: the map's max) bright."""
+    v = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    top = float(v.max()) if vmax is None else float(vmax)
+    t = np.clip(v / top, 0, 1) * (len(_INFERNO) - 1) if top > 0 else np.zeros_like(v, dtype=np.float64)
+    lo = np.minimum(np.floor(t).astype(int), len(_INFERNO) - 2)
+    frac = (t - lo)[..., None]
+    return np.rint(_INFERNO[lo] * (1 - frac) + _INFERNO[lo + 1] * frac).astype(np.uint8)
+
+
+def save_png(image: torch.Tensor | np.ndarray, path) -> None:
+    """Save pixels (3, H, W) or (H, W, 3) as an 8-bit RGB PNG (rounded and clipped)."""
+    Image.fromarray(to_uint8_hwc(image)).save(path, format="PNG")

@@ -7,6 +7,7 @@ A job module defines ``run(cfg)`` and ends with ``main = hydra_job("name", run)`
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 
 log = logging.getLogger("pipeline")
+CURRENT_JOB: str | None = None  # the job this process runs (set by hydra_job's entry point)
 
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
@@ -44,11 +46,20 @@ def overrides() -> list[str]:
         return []
 
 
-def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
-    """Wrap ``run`` as the Hydra entry point of job ``name``."""
+def hydra_job(name: str, run: Callable[[DictConfig], object], config_name: str = "config") -> Callable[[], None]:
+    """Wrap ``run`` as the Hydra entry point of job ``name`` over ``conf/<config_name>.yaml``.
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    Visualization jobs have a primary config of their own (``conf/<job>.yaml``) that extends
+    ``config.yaml`` with the job's section, so their MLflow params and DVC params stay focused.
+    """
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> object:
+        threads = os.environ.get("PIPELINE_THREADS")  # set by pipeline.sweep for parallel launchers
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         try:
             return run(cfg)
         except PipelineError as exc:
@@ -56,5 +67,10 @@ def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], No
             print(f"{name}: error: {exc}", file=sys.stderr)
             sys.exit(1)
 
-    main.__name__ = f"{name}_main"
-    return main
+    def entry() -> object:
+        global CURRENT_JOB
+        CURRENT_JOB = name  # for Hydra callbacks (pipeline.sweep), which run before any job
+        return main()
+
+    entry.__name__ = f"{name}_main"
+    return entry

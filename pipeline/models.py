@@ -321,7 +321,7 @@ class ResNet(ImageClassifier):
 
 ARCHITECTURES: dict[str, type[ImageClassifier]] = {"cs231n": CS231nNet, "resnet": ResNet}
 # Keys of conf/model/*.yaml that say where weights come from, not how the net is built.
-SOURCE_KEYS = frozenset({"arch", "source", "url", "path", "sha256"})
+SOURCE_KEYS = frozenset({"arch", "source", "url", "sha256"})
 
 
 def _plain(value):
@@ -354,20 +354,60 @@ def build_model(cfg: Mapping, mean_image: torch.Tensor | np.ndarray | None = Non
     return cls(mean_image=mean_image, **options)
 
 
+# The CS231n notebooks pick layers of PretrainedCNN by index: shallow inversion 3, deep inversion 6,
+# DeepDream 7. Other architectures get the layer at the same place in the resolution hierarchy:
+# 3 = the last layer at 1/4 of the input size, 6 / 7 = the first / last layer at 1/16.
+REFERENCE_LAYERS = {3: (4, "last"), 6: (16, "first"), 7: (16, "last")}
+
+
+def reference_layer(model: ImageClassifier, reference: int, input_size: int = 64) -> str:
+    """Name of ``model``'s counterpart of the reference's layer ``reference`` (3, 6 or 7).
+
+    Falls back to the spatial layer with the nearest output size when none has exactly that size.
+    """
+    if reference not in REFERENCE_LAYERS:
+        raise ConfigError(f"no reference layer {reference}; known: {', '.join(map(str, REFERENCE_LAYERS))}")
+    factor, which = REFERENCE_LAYERS[reference]
+    target = input_size / factor
+    spatial = [(name, shape[-1]) for _, name, shape in model.layer_shapes(input_size) if len(shape) == 3]
+    best = min(abs(size - target) for _, size in spatial)
+    names = [name for name, size in spatial if abs(size - target) == best]
+    return names[-1] if which == "last" else names[0]
+
+
 # --------------------------------------------------------------------------- CLI
 
 
+def _describe(title: str, model: ImageClassifier) -> None:
+    print(f"{title} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+    for i, name, shape in model.layer_shapes():
+        kind = "spatial" if model.is_spatial(i) else "flat"
+        print(f"  {i:3d}  {name:<16} {str(shape):<18} {kind}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.job import CONF_DIR
+
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     parser = argparse.ArgumentParser(prog="python -m pipeline.models",
-                                     description="List layer indices, names and output shapes (64x64 input).")
-    parser.add_argument("arch", nargs="?", choices=list(ARCHITECTURES), help="default: all")
+                                     description="List layer indices, names and output shapes (64x64 input) "
+                                                 "of the nets in conf/model/, or of a saved classifier.")
+    parser.add_argument("model", nargs="?", help=f"conf/model name ({', '.join(names)}) or a classifier.pt; "
+                                                 "default: every conf/model entry")
     args = parser.parse_args(argv)
-    for arch in [args.arch] if args.arch else list(ARCHITECTURES):
-        model = build_model({"arch": arch})
-        print(f"{arch} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
-        for i, name, shape in model.layer_shapes():
-            kind = "spatial" if model.is_spatial(i) else "flat"
-            print(f"  {i:3d}  {name:<16} {str(shape):<18} {kind}")
+    if args.model and args.model not in names:
+        from pipeline.classifier import load_classifier
+
+        if not os.path.isfile(args.model):
+            parser.error(f"{args.model!r} is neither a conf/model name ({', '.join(names)}) nor a file")
+        model, meta = load_classifier(args.model)
+        _describe(f"{args.model} [{meta['arch']['arch']}, source {meta.get('source')}]", model)
+        return
+    for name in [args.model] if args.model else names:
+        cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+        _describe(f"conf/model/{name}.yaml", build_model(cfg))
 
 
 if __name__ == "__main__":

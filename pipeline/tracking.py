@@ -105,14 +105,19 @@ def git_state(root: str | os.PathLike) -> tuple[str, bool | None]:
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
-              overrides: list[str] | None = None) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
-    """An MLflow run for ``job`` with the standard params and tags; FAILED if the body raises."""
+              overrides: list[str] | None = None,
+              sections: tuple[str, ...] | None = None) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
+    """An MLflow run for ``job`` with the standard params and tags; FAILED if the body raises.
+
+    ``sections``: the top-level config keys logged as params (default: all); the full resolved
+    config is always attached as ``config.yaml``.
+    """
     import mlflow  # heavy import, only once a job really starts
 
     root = cfg.paths.root
     uri = resolve_uri(cfg.tracking.uri, root)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     commit, dirty = git_state(root)
     tags = {
         "job": job,
@@ -124,21 +129,65 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
     }
     if dataset_sha256:
         tags["dataset_sha256"] = dataset_sha256
+    parent = os.environ.get("PIPELINE_SWEEP_PARENT_RUN")  # set by pipeline.sweep during a Hydra multirun
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     try:
-        _ensure_experiment(mlflow, f"{cfg.tracking.experiment_prefix}{job}", uri)
-        run = mlflow.start_run(run_name=cfg.tracking.get("run_name"), tags=tags)
+        with store_lock(uri):
+            ensure_experiment(mlflow, f"{cfg.tracking.experiment_prefix}{job}", uri)
+            run = mlflow.start_run(run_name=cfg.tracking.get("run_name"), tags=tags)
     except Exception as exc:  # MLflow wraps store errors in many types
         raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: {exc}") from None
     with run:
         resolved = redacted(OmegaConf.to_container(cfg, resolve=True))  # mirror URLs may carry passwords
-        mlflow.log_params(flatten(resolved))
+        logged = resolved if sections is None else {k: resolved[k] for k in sections if k in resolved}
+        mlflow.log_params(flatten(logged))
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, f"{cfg.tracking.experiment_prefix}{job}",
                  redact(uri))
         yield run
 
 
-def _ensure_experiment(mlflow, name: str, uri: str) -> None:
+def use_store(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect of exporting ``MLFLOW_TRACKING_URI``:
+    that variable is the user's override, and must not turn the first job's store into every
+    later job's (in a sweep, in the tests, in processes started from here)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touches of a SQLite store between processes.
+
+    MLflow creates the tables of a new database on first use; several jobs starting at once (a
+    parallel sweep, ``dvc queue start -j N``) would all try, and all but one fail. Holding an
+    exclusive ``flock`` on ``<db>.lock`` while the store is opened and the run is created makes
+    them take turns; after that, SQLite's own locking handles the short concurrent writes.
+    Other stores (a tracking server) need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri[len("sqlite:///"):] + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_experiment(mlflow, name: str, uri: str) -> None:
     """Select experiment ``name``, creating it with artifacts beside a SQLite store.
 
     MLflow's own default puts artifacts in ``./mlruns`` of whatever folder a job starts in.
@@ -162,3 +211,50 @@ def log_image(image: Image.Image | np.ndarray, name: str, step: int | None = Non
         mlflow.log_image(image, artifact_file=f"{name}.png")
     else:
         mlflow.log_image(image, key=name, step=step)
+
+
+class StepLogger:
+    """Per-step metrics and image snapshots of an image optimisation, into the active MLflow run.
+
+    Metrics are buffered and sent in batches (one database write per ``flush_every`` steps, not
+    per value), each with its step, so the UI plots them against steps. Snapshots are logged as an
+    image series (``key``) the UI can scrub through; ``render`` turns the image batch into a picture.
+    """
+
+    def __init__(self, prefix: str = "", key: str = "evolution", render=None, flush_every: int = 50,
+                 log_metrics: bool = True):
+        self.prefix, self.key, self.render, self.flush_every = prefix, key, render, flush_every
+        self.log_metrics = log_metrics
+        self._pending: list = []
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        import time
+
+        if not self.log_metrics:
+            return
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(f"{self.prefix}{k}", float(v), now, int(step)) for k, v in values.items()]
+        if len(self._pending) >= self.flush_every * max(len(values), 1):
+            self.flush()
+
+    def images(self, step: int, images) -> None:
+        if self.render is not None:
+            log_image(self.render(images), f"{self.prefix}{self.key}", step=step)
+
+    def flush(self) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        for lo in range(0, len(self._pending), 1000):  # MLflow's limit per batch
+            if run is not None:
+                mlflow.MlflowClient().log_batch(run.info.run_id, metrics=self._pending[lo:lo + 1000])
+        self._pending = []
+
+    def __enter__(self) -> "StepLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()

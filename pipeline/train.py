@@ -10,7 +10,6 @@ same result as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import hashlib
@@ -34,6 +33,7 @@ from pipeline.fetch import fetch
 from pipeline.files import atomic_path, write_json
 from pipeline.job import hydra_job, overrides, seed_everything
 from pipeline.models import ImageClassifier, build_model
+from pipeline.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,6 @@ def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
         raise ConfigError(f"train.ema.decay must be in [0, 1) and train.ema.every >= 1, got {s.ema.decay}, "
                           f"{s.ema.every}")
     return s
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def image_size_at(epoch: int, s: DictConfig, full: int) -> int:

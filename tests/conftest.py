@@ -113,3 +113,70 @@ def http_server():
         yield server
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------- visualization jobs
+
+TINY_RESNET = {"arch": "resnet", "num_classes": 4, "widths": [8, 16], "blocks": [1, 1], "stem_width": 8}
+
+
+def tiny_classifier(num_classes: int = 4, mean_image=None, seed: int = 0):
+    """A small randomly initialised ResNet (fresh BN statistics replaced by something non-trivial)."""
+    import torch
+
+    from pipeline.models import build_model
+
+    torch.manual_seed(seed)
+    arch = dict(TINY_RESNET, num_classes=num_classes)
+    model = build_model(arch, mean_image=mean_image)
+    for m in model.modules():  # zero-init residual branches would make blocks identities: randomise
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval(), arch
+
+
+def fit(model, split, steps: int = 60) -> None:
+    """A few Adam steps on the synthetic train split (BN in eval mode), so the classifier depends
+    on its input like a trained one (a random net tends to predict one class for everything)."""
+    import torch
+
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = split.images.float(), split.labels
+    model.eval()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def subject_files(tmp_path_factory):
+    """A prepared synthetic dataset (4 classes, 6 val images each) and a tiny classifier for it."""
+    from pipeline import data
+    from pipeline.classifier import save_classifier
+
+    root = tmp_path_factory.mktemp("subject")
+    synthetic.make_zip(root / "d.zip", num_classes=4, train_per_class=4, val_per_class=6)
+    data.prepare(root / "d.zip", root / "prepared", workers=1, progress=False)
+    prepared = data.load_prepared(root / "prepared")
+    model, arch = tiny_classifier(prepared.num_classes, prepared.mean_image)
+    fit(model, prepared.split("train"))
+    save_classifier(root / "classifier.pt", model, arch, wnids=prepared.wnids, class_names=prepared.class_names,
+                    source="train", extra={"val_accuracy": 0.25})
+    return {"prepared": root / "prepared", "classifier": root / "classifier.pt"}
+
+
+def job_config(job: str, files: dict, out: Path, *overrides: str):
+    """Compose conf/<job>.yaml for the synthetic subject, writing everything under ``out``."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.job import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=job, overrides=[
+            f"paths.prepared={files['prepared']}", f"paths.classifier={files['classifier']}",
+            f"paths.results={out}/results", f"paths.metrics={out}/metrics",
+            f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides])

@@ -113,7 +113,13 @@ def test_multirun_gives_one_mlflow_run_per_configuration(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("download").experiment_id])
+    everything = client.search_runs([client.get_experiment_by_name("download").experiment_id])
+    parents = [r for r in everything if r.data.tags.get("sweep") == "true"]
+    runs = [r for r in everything if r not in parents]
+    # the sweep is one parent run (swept values as params) with a nested child per configuration
+    assert len(parents) == 1 and parents[0].data.params["data.url"] == f"{zips[0]},{zips[1]}"
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["children"] == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
     assert sorted(r.data.params["data.url"] for r in runs) == sorted(str(z) for z in zips)
     assert sorted(r.data.tags["hydra_overrides"].split()[0] for r in runs) == sorted(f"data.url={z}" for z in zips)
     assert (tmp_path / "multirun" / "0").is_dir() and (tmp_path / "multirun" / "1").is_dir()

@@ -21,9 +21,30 @@ def copy_repo(dest):
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+    shrink_configs(dest)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy"], dest)
+
+
+# What a user with a 24-image val set would change: fewer images, epochs and iterations.
+SMALL = {
+    "conf/train/default.yaml": {"epochs": 2, "batch_size": 16, "resize": {"start": 48, "full_size_epochs": 1}},
+    "conf/saliency.yaml": {"saliency": {"views": {"confident": {"min_confidence": 0.0, "n": 1}},
+                                        "evaluation": {"n": 8, "steps": 4, "sanity_images": 4}}},
+    "conf/fooling.yaml": {"fooling": {"images": {"n": None}, "max_iterations": 50}},
+    "conf/class_viz/default.yaml": {"iterations": 10},
+    "conf/inversion.yaml": {"inversion": {"iterations": 10}},
+    "conf/deepdream.yaml": {"deepdream": {"iterations": 2, "max_side": 96, "octaves": 2}},
+}
+
+
+def shrink_configs(dest):
+    from omegaconf import OmegaConf
+
+    for name, changes in SMALL.items():
+        cfg = OmegaConf.load(dest / name)
+        OmegaConf.save(OmegaConf.merge(cfg, changes), dest / name)
 
 
 def run(cmd, cwd, env=None):
@@ -32,7 +53,7 @@ def run(cmd, cwd, env=None):
     return result.stdout + result.stderr
 
 
-def test_dvc_repro_downloads_prepares_tracks_and_then_does_nothing(http_server, synthetic_zip, tmp_path):
+def test_dvc_repro_runs_every_stage_then_nothing(http_server, synthetic_zip, tmp_path):
     path, _ = synthetic_zip
     route = http_server.add("/tiny-imagenet-100-A.zip", Route(path.read_bytes()))
     repo = tmp_path / "repo"
@@ -40,14 +61,17 @@ def test_dvc_repro_downloads_prepares_tracks_and_then_does_nothing(http_server, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["CS231N_MIRROR"] = http_server.url
     out = run(["dvc", "repro"], repo, env)
-    assert "Running stage 'download'" in out and "Running stage 'prepare'" in out
+    stages = ["download", "prepare", "train", "saliency", "fooling", "class_viz", "inversion", "deepdream", "report"]
+    assert all(f"Running stage '{stage}'" in out for stage in stages), out
     assert len(route.requests) == 1
     assert (repo / "data" / "prepared" / "train_images.npy").is_file()
     assert (repo / "metrics" / "download.json").is_file() and (repo / "metrics" / "prepare.json").is_file()
-    assert (repo / "dvc.lock").is_file()
+    assert (repo / "dvc.lock").is_file() and (repo / "report" / "index.html").is_file()
+    for job in stages[3:-1]:
+        assert (repo / "metrics" / f"{job}.json").is_file() and any((repo / "results" / job).iterdir())
 
     client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
-    for job in ("download", "prepare"):
+    for job in ("download", "prepare", "train", "fooling"):
         runs = client.search_runs([client.get_experiment_by_name(job).experiment_id])
         assert [r.info.status for r in runs] == ["FINISHED"]
         assert runs[0].data.tags["git_commit"] != "unknown"

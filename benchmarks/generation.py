@@ -1,0 +1,142 @@
+"""Benchmark the image-generation jobs (class_viz, inversion, deepdream) on the trained model.
+
+Prints, measured in this run on this machine, with the jobs' default configs:
+- class_viz: seconds for all classes batched vs one class at a time (the reference's loop;
+  timed on --single-classes classes and scaled to all), and the quality metrics;
+- the engine's overhead: seconds per step of class_viz's optimisation (jitter, L2, blur, clip,
+  logging off) vs a bare torch forward+backward+update loop on the same batch;
+- inversion: seconds per iteration and the per-layer normalised error / PSNR;
+- deepdream: seconds per iteration at 256 px with 3 octaves, activation norm before / after.
+
+    python benchmarks/generation.py [--single-classes 10] [--iterations 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from pipeline.class_viz import initial_images, shifted, visualize_classes  # noqa: E402
+from pipeline.deepdream import activation_norm, dream, dream_layer  # noqa: E402
+from pipeline.images import fit_max_side  # noqa: E402
+from pipeline.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
+from pipeline.subject import load_subject  # noqa: E402
+
+
+def job_settings(name: str) -> OmegaConf:
+    """The job's section of its default config (compose conf/<name>.yaml without Hydra's app)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name=name)[name]
+
+
+def bare_loop(model, x: torch.Tensor, targets: torch.Tensor, steps: int, lr: float) -> None:
+    """The floor: forward, backward to the image, a plain step; nothing else."""
+    x = x.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        score = model(x).gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, x)
+        x = (x + lr * grad).detach()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--single-classes", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--overhead-steps", type=int, default=20)
+    args = parser.parse_args()
+    cfg = OmegaConf.load(REPO / "conf" / "config.yaml")
+    cfg.paths.root = str(REPO)
+    OmegaConf.resolve(cfg)
+    subject = load_subject(cfg, "auto", "fp32")
+    model = subject.model
+    print(f"model: {subject.meta['arch']['arch']} ({subject.meta.get('source')}, val accuracy "
+          f"{subject.meta.get('val_accuracy', float('nan')):.4f}), device {subject.device}, "
+          f"{torch.get_num_threads()} threads")
+
+    # ---------------------------------------------------------------- class_viz
+    c = job_settings("class_viz")
+    c.iterations, c.show_every = args.iterations, 0
+    classes = list(range(subject.data.num_classes))
+    started = time.perf_counter()
+    images = visualize_classes(model, classes, c, seed=0, progress=False).images.cpu()
+    t_batched = time.perf_counter() - started
+    singles = classes[: args.single_classes]
+    started = time.perf_counter()
+    for k in singles:
+        visualize_classes(model, [k], c, seed=0, progress=False)
+    t_single = (time.perf_counter() - started) / len(singles) * len(classes)
+    target = torch.tensor(classes)
+    saved = images.round().clamp(0, 255)
+    probs = subject.probabilities(images).gather(1, target[:, None])[:, 0]
+    top1 = (subject.probabilities(images).argmax(1) == target).float().mean()
+    q_top1 = (subject.probabilities(saved).argmax(1) == target).float().mean()
+    s_top1 = (subject.probabilities(shifted(saved, int(c.shift), 0)).argmax(1) == target).float().mean()
+    print(f"\nclass_viz, {len(classes)} classes x {c.iterations} iterations ({c.step}, lr {c.lr}, jitter {c.jitter}, "
+          f"blur {c.blur} every {c.blur_every}, l2 {c.l2}):")
+    print(f"  batched {t_batched:7.1f} s (target <= 180)   one class at a time {t_single:7.1f} s "
+          f"(timed on {len(singles)} classes, scaled)   speed-up {t_single / t_batched:.2f}x (target >= 2.5)")
+    print(f"  target probability mean {float(probs.mean()):.4f} (target >= 0.99), min {float(probs.min()):.4f}; "
+          f"top-1 = target {float(top1):.3f} (target >= 0.99), after uint8 {float(q_top1):.3f} (target >= 0.95), "
+          f"shifted {c.shift} px {float(s_top1):.3f}")
+
+    # ---------------------------------------------------------------- engine overhead
+    n = args.overhead_steps
+    x0 = initial_images(model.mean_image.cpu(), classes, float(c.init_std), 0)
+    c_short = c.copy()
+    c_short.iterations = n
+    started = time.perf_counter()
+    visualize_classes(model, classes, c_short, seed=0, progress=False)
+    t_engine = time.perf_counter() - started
+    started = time.perf_counter()
+    bare_loop(model, x0, target, n, 1.0)
+    t_bare = time.perf_counter() - started
+    print(f"\nengine overhead, batch {len(classes)}: {t_engine / n * 1000:.1f} ms/step vs bare forward+backward "
+          f"{t_bare / n * 1000:.1f} ms/step = {t_engine / t_bare:.3f}x (target <= 1.2)")
+
+    # ---------------------------------------------------------------- inversion
+    inv = job_settings("inversion")
+    inv.show_every = 0
+    layers = layer_list(inv.layers, model)
+    shallow, deep = named_layer(inv.shallow_layer, model, 3), named_layer(inv.deep_layer, model, 6)
+    val = subject.data.split("val")
+    image = val.images[int(inv.val_index)].float()
+    started = time.perf_counter()
+    result, errors = invert(model, image, layers, inv, seed=0, progress=False)
+    t_inv = time.perf_counter() - started
+    quality = psnr(result.images.cpu().round().clamp(0, 255), image[None].expand(len(layers), -1, -1, -1))
+    print(f"\ninversion of val image {inv.val_index}, {len(layers)} layers in one batch, {inv.iterations} iterations: "
+          f"{t_inv / inv.iterations:.3f} s/iteration")
+    for i, err, db in zip(layers, errors, quality.tolist()):
+        mark = " <- shallow (reference layer 3)" if i == shallow else " <- deep (reference layer 6)" if i == deep else ""
+        print(f"  {i:2d} {model.layer_names[i]:<15} normalised error {err:.4f}  PSNR {db:5.2f} dB{mark}")
+    print("  targets: shallow PSNR >= 20 dB, normalised error <= 0.05")
+
+    # ---------------------------------------------------------------- deepdream
+    dd = job_settings("deepdream")
+    dd.show_every = 0
+    layer = dream_layer(dd.layer, model)
+    picture = fit_max_side(val.images[int(dd.val_index)].float(), dd.max_side)
+    before = activation_norm(model, picture, layer)
+    started = time.perf_counter()
+    dreamed = dream(model, picture, layer, dd, seed=0, progress=False)
+    t_dd = time.perf_counter() - started
+    after = activation_norm(model, dreamed.round().clamp(0, 255), layer)
+    print(f"\ndeepdream on {model.layer_names[layer]}, {picture.shape[2]}x{picture.shape[1]} px, {dd.octaves} octaves x "
+          f"{dd.iterations} iterations: {t_dd / (dd.octaves * dd.iterations):.3f} s/iteration, activation norm "
+          f"{before:.1f} -> {after:.1f}")
+
+
+if __name__ == "__main__":
+    main()

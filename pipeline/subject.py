@@ -1,0 +1,80 @@
+"""The classifier under study and the data it was trained on, as every visualization job loads them.
+
+The model comes from the train stage's ``models/classifier.pt`` (trained here or fetched), so the
+jobs never care where it came from; its class list must match the prepared data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+
+from pipeline.classifier import load_classifier, pick_device
+from pipeline.data import PreparedData, load_prepared
+from pipeline.errors import ConfigError, DataError
+from pipeline.models import ImageClassifier
+from pipeline.precision import as_input, autocast, check_precision, frozen
+
+
+@dataclass
+class Subject:
+    model: ImageClassifier  # frozen, on ``device``
+    meta: dict  # the checkpoint's metadata: arch, wnids, class names, source, val_accuracy
+    data: PreparedData
+    device: torch.device
+    precision: str
+    _val_probabilities: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.class_names
+
+    def tags(self) -> dict[str, str]:
+        """What an MLflow run should say about the model it explains."""
+        return {"model_arch": str(self.meta["arch"].get("arch")), "model_source": str(self.meta.get("source")),
+                "model_val_accuracy": f"{self.meta.get('val_accuracy', float('nan')):.4f}", "device": str(self.device),
+                "precision": self.precision}
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """Softmax class probabilities (N, classes) on the CPU for pixel images (uint8 or float)."""
+        out = []
+        for lo in range(0, len(images), batch_size):
+            x = as_input(images[lo:lo + batch_size].to(self.device, torch.float32), self.precision)
+            with autocast(self.device, self.precision):
+                out.append(self.model(x).float().softmax(1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.model.num_classes)
+
+    def val_probabilities(self) -> torch.Tensor:
+        """Probabilities for the whole val split, computed once."""
+        if self._val_probabilities is None:
+            self._val_probabilities = self.probabilities(self.data.split("val").images)
+        return self._val_probabilities
+
+    def targets(self, spec, labels: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
+        """Class per image from a config value: ``true``, ``predicted``, or one class (index, wnid, name)."""
+        if spec is True or spec == "true":
+            return labels.clone()
+        if spec == "predicted":
+            if predicted is None:
+                raise ConfigError("target=predicted needs the model's predictions")
+            return predicted.clone()
+        if spec is None or spec is False:
+            raise ConfigError("target must be true, predicted, or a class (index, wnid or name)")
+        return torch.full_like(labels, self.data.class_index(spec))
+
+    def label(self, index: int, probability: float | None = None) -> str:
+        name = self.class_names[int(index)]
+        return name if probability is None else f"{name} ({probability:.2f})"
+
+
+def load_subject(cfg, device: str = "auto", precision: str = "fp32") -> Subject:
+    check_precision(precision)
+    data = load_prepared(cfg.paths.prepared)
+    dev = pick_device(device)
+    model, meta = load_classifier(cfg.paths.classifier, device=dev)
+    if list(meta.get("wnids", [])) != list(data.wnids):
+        raise DataError(f"{cfg.paths.classifier} was trained on other classes than {cfg.paths.prepared}; "
+                        "rerun the train stage (dvc repro train)")
+    return Subject(frozen(model, dev, precision), meta, data, dev, precision)
+

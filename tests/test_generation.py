@@ -1,0 +1,201 @@
+"""Image generation jobs: class visualization, feature inversion and DeepDream."""
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, Route, job_config, tiny_classifier
+from omegaconf import OmegaConf
+from PIL import Image
+
+from pipeline import class_viz, deepdream, inversion
+from pipeline.errors import ConfigError, DataError
+from pipeline.images import center_square, fit_max_side, read_image
+from pipeline.models import UnknownLayerError, build_model, reference_layer
+from pipeline.precision import frozen
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    net, _ = tiny_classifier(num_classes=4, mean_image=torch.rand(3, 64, 64) * 100 + 80)
+    return frozen(net, "cpu")
+
+
+def png_bytes(size=(40, 30), mode="RGB") -> bytes:
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- layers and images
+
+
+def test_reference_layers_map_by_resolution():
+    cs231n = build_model({"arch": "cs231n"})
+    assert [reference_layer(cs231n, k) for k in (3, 6, 7)] == ["conv4", "conv7", "conv8"]  # the notebook's own
+    resnet = build_model(OmegaConf.load(REPO / "conf" / "model" / "resnet.yaml"))  # the default model
+    assert [reference_layer(resnet, k) for k in (3, 6, 7)] == ["stage2.block1", "stage4.block1", "stage4.block1"]
+
+
+def test_read_image_from_file_and_url(tmp_path, http_server):
+    (tmp_path / "gray.png").write_bytes(png_bytes(mode="L"))
+    image = read_image(str(tmp_path / "gray.png"))
+    assert image.shape == (3, 30, 40) and torch.equal(image[0], image[2])
+    http_server.add("/photo.png", Route(png_bytes()))
+    assert torch.equal(read_image(f"{http_server.url}/photo.png"), read_image_bytes(png_bytes()))
+    assert center_square(image, 64).shape == (3, 64, 64) and fit_max_side(image, 80).shape == (3, 60, 80)
+    with pytest.raises(DataError, match="no such file"):
+        read_image(str(tmp_path / "missing.jpg"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        read_image(str(tmp_path / "notes.txt"))
+
+
+def read_image_bytes(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1).copy())
+
+
+# --------------------------------------------------------------------------- class_viz
+
+
+def viz_settings(**kw):
+    base = OmegaConf.load(REPO / "conf" / "class_viz" / "default.yaml")
+    base.update({"iterations": 6, "show_every": 0, **kw})
+    return base
+
+
+def test_class_viz_batched_equals_one_at_a_time(model):
+    c = viz_settings()
+    batched = class_viz.visualize_classes(model, [0, 2, 3], c, seed=1).images
+    for k, cls in enumerate([0, 2, 3]):
+        single = class_viz.visualize_classes(model, [cls], c, seed=1).images
+        assert torch.allclose(single[0], batched[k], atol=1e-2)
+    result = class_viz.visualize_classes(model, [1], viz_settings(iterations=30, lr=3.0), seed=0)
+    assert result.history[-1]["score"] > result.history[0]["score"]
+    assert result.images.min() >= 0 and result.images.max() <= 255
+
+
+def test_class_viz_job(subject_files, tmp_path):
+    metrics = class_viz.run(job_config("class_viz", subject_files, tmp_path, "class_viz.iterations=5",
+                                       "class_viz.show_every=2", "class_viz.batch_size=3"))
+    saved = json.loads((tmp_path / "metrics" / "class_viz.json").read_text())
+    assert saved == pytest.approx(metrics) and saved["num_classes"] == 4
+    assert {"mean_target_prob", "min_target_prob", "top1_rate", "quantized_top1_rate", "shifted_top1_rate",
+            "seconds"} <= set(saved)
+    out = tmp_path / "results" / "class_viz"
+    assert (out / "grid.png").is_file() and len(list((out / "classes").glob("*.png"))) == 4
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("class_viz").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(5))
+    assert len(client.get_metric_history(run.info.run_id, "batch1.loss")) == 5  # the second batch of classes
+    assert run.data.params["class_viz.jitter"] == "4" and run.data.tags["model_source"] == "train"
+
+
+def test_class_viz_classes_and_reference_preset(subject_files, tmp_path):
+    metrics = class_viz.run(job_config("class_viz", subject_files, tmp_path, "class_viz=reference",
+                                       "class_viz.iterations=2", "class_viz.classes=[bullfrog, 0]"))
+    assert metrics["num_classes"] == 2
+    cfg = job_config("class_viz", subject_files, tmp_path, "class_viz=reference")
+    assert (cfg.class_viz.step, cfg.class_viz.lr, cfg.class_viz.l2, cfg.class_viz.blur_every) == ("raw", 10000.0, 1e-6, 1)
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("class_viz.classes=zebra", ConfigError, "unknown class 'zebra'"),
+    ("class_viz.lr=0", ConfigError, "must be > 0"),
+    ("class_viz.step=newton", ConfigError, "unknown step rule"),
+    ("class_viz.blur=box", ConfigError, "unknown blur"),
+    ("class_viz.jitter=-2", ConfigError, "jitter"),
+])
+def test_class_viz_bad_inputs(subject_files, tmp_path, override, error, message):
+    with pytest.raises(error, match=message):
+        class_viz.run(job_config("class_viz", subject_files, tmp_path, override))
+    assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()
+
+
+# --------------------------------------------------------------------------- inversion
+
+
+def test_inversion_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert float(inversion.psnr(a, a + 255)) == pytest.approx(0.0)
+    assert float(inversion.psnr(a, a + 2.55)) == pytest.approx(40.0, abs=1e-4)
+
+
+def test_inversion_job_by_depth(subject_files, tmp_path):
+    source = tmp_path / "photo.png"
+    source.write_bytes(png_bytes((80, 60)))
+    metrics = inversion.run(job_config("inversion", subject_files, tmp_path, "inversion.iterations=8",
+                                       "inversion.layers=[stem, 2]", f"inversion.image={source}",
+                                       "inversion.show_every=4"))
+    saved = json.loads((tmp_path / "metrics" / "inversion.json").read_text())
+    assert saved == pytest.approx(metrics)
+    # stem, stage1.block1 (the tiny net's 1/4-size layer: shallow), stage2.block1 (index 2), ... deep = last spatial
+    assert {"psnr_stem", "normalized_error_stem", "shallow_psnr", "shallow_normalized_error", "deep_psnr"} <= set(saved)
+    out = tmp_path / "results" / "inversion"
+    assert (out / "by_depth.png").is_file() and (out / "original.png").is_file()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("inversion").experiment_id])[0]
+    assert len(client.get_metric_history(run.info.run_id, "feature_error")) == 8
+
+
+def test_inversion_lowers_the_feature_error(model):
+    c = OmegaConf.create({"iterations": 40, "step": "adam", "lr": 4.0, "l2": 0.0, "tv": 0.0, "blur": "none",
+                          "blur_every": 1, "blur_sigma": 0.5, "jitter": 0, "init_std": 10.0, "precision": "fp32",
+                          "show_every": 0})
+    image = torch.rand(3, 64, 64) * 255
+    result, errors = inversion.invert(model, image, [0, 1], c, seed=0)
+    assert all(e < 0.5 * h for e, h in zip(errors, [result.history[0]["feature_error"]] * 2))
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("inversion.layers=[conv99]", UnknownLayerError, "unknown layer 'conv99'.*stage1.block1"),
+    ("inversion.image=/nonexistent/cat.jpg", DataError, "no such file"),
+    ("inversion.val_index=24", ConfigError, "out of range 0..23"),
+    ("inversion.lr=-1", ConfigError, "must be > 0"),
+])
+def test_inversion_bad_inputs(subject_files, tmp_path, override, error, message):
+    with pytest.raises(error, match=message):
+        inversion.run(job_config("inversion", subject_files, tmp_path, override))
+    assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()
+
+
+# --------------------------------------------------------------------------- deepdream
+
+
+def test_deepdream_job_from_url(subject_files, tmp_path, http_server):
+    http_server.add("/photo.png", Route(png_bytes((90, 60))))
+    metrics = deepdream.run(job_config("deepdream", subject_files, tmp_path, f"deepdream.image={http_server.url}/photo.png",
+                                       "deepdream.max_side=96", "deepdream.iterations=3", "deepdream.octaves=2",
+                                       "deepdream.layer=stage1.block1", "deepdream.show_every=1"))
+    assert metrics["activation_norm_after"] > metrics["activation_norm_before"]
+    assert (metrics["height"], metrics["width"]) == (64, 96)
+    with Image.open(tmp_path / "results" / "deepdream" / "dream.png") as im:
+        assert im.size == (96, 64)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("deepdream").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "activation_norm")] == list(range(6))
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("deepdream.layer=fc", ConfigError, "after the flatten.*stem"),
+    ("deepdream.layer=pool", ConfigError, "after the flatten"),
+    ("deepdream.layer=nope", UnknownLayerError, "unknown layer 'nope'"),
+    ("deepdream.lr=0", ConfigError, "must be > 0"),
+    ("deepdream.image=/nonexistent/x.png", DataError, "no such file"),
+    ("deepdream.octaves=9", ConfigError, "smallest octave"),
+])
+def test_deepdream_bad_inputs(subject_files, tmp_path, override, error, message):
+    with pytest.raises(error, match=message):
+        deepdream.run(job_config("deepdream", subject_files, tmp_path, override))
+    assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()

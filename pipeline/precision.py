@@ -1,7 +1,9 @@
-"""Numeric precision for gradient work on a trained classifier: fp32, or bf16 autocast + channels_last.
+"""Numeric precision and memory layout for gradient work on a trained classifier.
 
-bf16 autocast runs the convolutions on AVX-512 BF16 (CPU) or tensor cores (GPU); gradients with
-respect to the fp32 input image come back in fp32.
+Models and images are kept channels_last (NHWC): oneDNN's convolutions on CPU run about 1.45x
+faster that way than in the default NCHW layout, at identical precision. ``bf16`` adds autocast,
+which runs the convolutions on AVX-512 BF16 (CPU) or tensor cores (GPU); gradients with respect
+to the fp32 input image come back in fp32.
 """
 
 from __future__ import annotations
@@ -29,14 +31,40 @@ def autocast(device: torch.device | str, precision: str):
 
 
 def frozen(model: ImageClassifier, device: torch.device | str, precision: str = "fp32") -> ImageClassifier:
-    """The model in eval mode on ``device`` with no parameter gradients (only image gradients are
-    wanted), in channels_last memory layout for bf16."""
-    model = model.to(device).eval().requires_grad_(False)
-    if check_precision(precision) == "bf16":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    """The model in eval mode on ``device``, channels_last, with no parameter gradients (only image
+    gradients are wanted)."""
+    check_precision(precision)
+    return model.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
-def as_input(x: torch.Tensor, precision: str) -> torch.Tensor:
+def as_input(x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """The memory layout the frozen model expects."""
-    return x.contiguous(memory_format=torch.channels_last) if precision == "bf16" and x.dim() == 4 else x
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def fp32_layers(model: ImageClassifier, size: tuple[int, int]) -> int:
+    """How many leading layers output maps of at least half the input size: the layers whose
+    rounding errors would reach the input gradient's fine structure most directly."""
+    key = (tuple(size), len(model.layer_names))
+    cache = model.__dict__.setdefault("_fp32_layers", {})
+    if key not in cache:
+        shapes = model.layer_shapes(size)
+        cache[key] = sum(1 for _, _, shape in shapes if len(shape) == 3 and 2 * shape[-1] >= size[-1])
+    return cache[key]
+
+
+def forward(model: ImageClassifier, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Class scores in fp32. For ``bf16``, the high-resolution first layers stay in fp32 and the
+    rest runs under bf16 autocast: saliency maps then rank pixels like fp32 maps (Spearman > 0.99,
+    benchmarks/gradients.py) at about twice the fp32 speed on CPU."""
+    if check_precision(precision) == "fp32":
+        return model(x).float()
+    k = fp32_layers(model, tuple(x.shape[-2:]))
+    h = model.normalize(x)
+    layers = model.layers()
+    for layer in layers[:k]:
+        h = layer(h)
+    with autocast(x.device, "bf16"):
+        for layer in layers[k:]:
+            h = layer(h)
+    return h.float()

@@ -131,3 +131,11 @@ def test_bad_inputs_fail_clearly_and_write_nothing(subject_files, tmp_path, over
     with pytest.raises(ConfigError, match=message):
         fooling.run(job_config("fooling", subject_files, tmp_path, *SMALL, override))
     assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_bf16_successes_are_confirmed_in_fp32(model):
+    x = images(4, seed=2)
+    targets = (model(x).argmax(1) + 3) % 4
+    result = fooling.make_fooling_images(model, x, targets, max_iterations=200, lr=2.0, precision="bf16")
+    fp32 = model(result.images).argmax(1)
+    assert result.stopped.any() and bool((fp32[result.stopped] == targets[result.stopped]).all())

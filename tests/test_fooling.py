@@ -134,8 +134,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(subject_files, tmp_path, over
 
 
 def test_bf16_successes_are_confirmed_in_fp32(model):
-    x = images(4, seed=2)
-    targets = (model(x).argmax(1) + 3) % 4
+    x = images(4)
+    targets = (model(x).argmax(1) + 1) % 4
     result = fooling.make_fooling_images(model, x, targets, max_iterations=200, lr=2.0, precision="bf16")
     fp32 = model(result.images).argmax(1)
     assert result.stopped.any() and bool((fp32[result.stopped] == targets[result.stopped]).all())

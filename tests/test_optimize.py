@@ -162,8 +162,9 @@ def test_bad_settings_fail_clearly(model, kwargs, message):
         optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), **options)
 
 
-def test_step_logger_sends_steps_and_snapshots_to_mlflow(model, tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+def test_step_logger_sends_steps_and_snapshots_to_mlflow(model, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it: undone after
+    tracking.use_store(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("steps")  # not whatever experiment an earlier test left selected
     with mlflow.start_run() as run, tracking.StepLogger(prefix="viz.", key="evolution", flush_every=2,
                                                         render=lambda x: x[0].permute(1, 2, 0).byte().numpy()) as log:

@@ -1,5 +1,6 @@
 """Sweeps: a Hydra multirun is one MLflow parent run with nested children; compare summarises it."""
 
+import os
 import subprocess
 import sys
 
@@ -70,10 +71,11 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
     """The embedded SQLite store under 8 processes writing at once: every run complete, 5 rounds."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # earlier tests may export one
     for round_ in range(5):
         root = tmp_path / f"round{round_}"
         root.mkdir()
-        procs = [subprocess.Popen([sys.executable, str(script), str(i), str(root)], cwd=REPO,
+        procs = [subprocess.Popen([sys.executable, str(script), str(i), str(root)], cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
         outcomes = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
         assert all(code == 0 for _, _, code in outcomes), [err[-1500:] for _, err, code in outcomes if code]

@@ -11,6 +11,7 @@ parallel launcher (``n_jobs`` workers) each job gets ``cores / n_jobs`` torch th
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -38,6 +39,16 @@ def swept(overrides: list[str]) -> dict[str, str]:
 
 
 class SweepParentRun(Callback):
+    def _fail_if_open(self) -> None:
+        if self.run_id is not None:
+            try:
+                import mlflow
+
+                mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FAILED")
+            except Exception:  # exiting anyway; the run then simply stays RUNNING
+                pass
+            self.run_id = None
+
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.uri: str | None = None
@@ -67,6 +78,7 @@ class SweepParentRun(Callback):
             client.log_param(run.info.run_id, key, value[: tracking.MAX_PARAM_LENGTH])
         self.run_id = run.info.run_id
         os.environ[PARENT_ENV] = self.run_id
+        atexit.register(self._fail_if_open)  # a failing job exits before on_multirun_end
         n_jobs = config.hydra.launcher.get("n_jobs") if "launcher" in config.hydra else None
         if n_jobs and int(n_jobs) > 1:  # parallel workers share the cores instead of oversubscribing them
             os.environ[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // int(n_jobs)))
@@ -83,5 +95,6 @@ class SweepParentRun(Callback):
         failed = [r for r in children if r.info.status != "FINISHED"]
         client.log_metric(self.run_id, "children", len(children))
         client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+        self.run_id = None
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(THREADS_ENV, None)

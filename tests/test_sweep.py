@@ -40,6 +40,23 @@ def test_multirun_parent_children_and_compare(subject_files, tmp_path, monkeypat
     assert compare.main([parent[0].info.run_id, "--uri", db, "--out", str(tmp_path / "again.png")]) == 0
 
 
+def test_a_failing_configuration_marks_the_sweep_failed(subject_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.deepdream", "-m", "deepdream.lr=1,-1", "deepdream.iterations=1",
+         "deepdream.octaves=1", "deepdream.max_side=64", "deepdream.show_every=0", "progress=false",
+         f"paths.prepared={subject_files['prepared']}", f"paths.classifier={subject_files['classifier']}",
+         f"paths.results={tmp_path}/results", f"paths.metrics={tmp_path}/metrics", f"tracking.uri={db}",
+         f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "deepdream: error: step size (lr) must be > 0" in result.stderr
+    client = mlflow.MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("deepdream").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+
+
 def test_compare_errors_are_one_line(tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/mlflow.db"
     assert compare.main(["nosuchjob", "--uri", db]) == 1

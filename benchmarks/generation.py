@@ -27,17 +27,13 @@ from pipeline.class_viz import initial_images, shifted, visualize_classes  # noq
 from pipeline.deepdream import activation_norm, dream, dream_layer  # noqa: E402
 from pipeline.images import fit_max_side  # noqa: E402
 from pipeline.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
+from pipeline.job import compose_config  # noqa: E402
 from pipeline.subject import load_subject  # noqa: E402
 
 
 def job_settings(name: str, section: str | None = "same"):
     """conf/<name>.yaml as the jobs see it (Hydra's compose), or its section ``name``."""
-    from hydra import compose, initialize_config_dir
-
-    import pipeline.job  # noqa: F401  (registers the repo_root resolver)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name=name)
+    cfg = compose_config(name)
     return cfg if section is None else cfg[name]
 
 

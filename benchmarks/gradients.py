@@ -31,17 +31,8 @@ from pipeline.attribution import Saliency  # noqa: E402
 from pipeline.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks, spearman  # noqa: E402
 from pipeline.fooling import make_fooling_images, random_other_classes  # noqa: E402
 from pipeline.selection import select_images  # noqa: E402
+from pipeline.job import compose_config  # noqa: E402
 from pipeline.subject import load_subject  # noqa: E402
-
-
-def composed(name: str):
-    """conf/<name>.yaml as the jobs see it (Hydra's compose, without starting an app)."""
-    from hydra import compose, initialize_config_dir
-
-    import pipeline.job  # noqa: F401,E402  (registers the repo_root resolver)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=name)
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -71,8 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = composed("config")
-    fooling_cfg = composed("fooling").fooling
+    cfg = compose_config("config")
+    fooling_cfg = compose_config("fooling").fooling
     subject = load_subject(cfg, "auto", "fp32")
     model = subject.model
     print(f"model: {subject.meta['arch']['arch']} ({subject.meta.get('source')}, val accuracy "

@@ -87,11 +87,8 @@ def dream(model: ImageClassifier, image: torch.Tensor, layer: int, c: DictConfig
 def source_image(c: DictConfig, subject: Subject) -> tuple[torch.Tensor, str]:
     if c.get("image"):
         return fit_max_side(read_image(c.image), c.max_side), Path(str(c.image)).name
-    val = subject.data.split("val")
-    i = int(c.val_index)
-    if not 0 <= i < len(val):
-        raise ConfigError(f"val_index {i} out of range 0..{len(val) - 1}")
-    return fit_max_side(val.images[i].float(), c.max_side), f"val {i}: {subject.class_names[int(val.labels[i])]}"
+    image, caption = subject.val_image(c.val_index)
+    return fit_max_side(image, c.max_side), caption
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from pipeline.models import ImageClassifier, build_model
-from pipeline.precision import as_input, autocast
+from pipeline.precision import probabilities
 from pipeline.transforms import GaussianBlur
 
 
@@ -33,17 +33,10 @@ def random_ranks(n: int, pixels: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.randperm(pixels, generator=generator) for _ in range(n)])
 
 
-@torch.no_grad()
 def _probabilities(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
                    precision: str) -> torch.Tensor:
-    device = model.mean_image.device
-    out = []
-    for lo in range(0, len(images), batch_size):
-        x = as_input(images[lo:lo + batch_size].to(device), precision)
-        with autocast(device, precision):
-            scores = model(x).float()
-        out.append(scores.softmax(1).gather(1, targets[lo:lo + batch_size, None].to(device))[:, 0].cpu())
-    return torch.cat(out)
+    """Probability of each image's target class."""
+    return probabilities(model, images, precision, batch_size).gather(1, targets.cpu()[:, None])[:, 0]
 
 
 def curves(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor, *,

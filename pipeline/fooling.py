@@ -187,7 +187,7 @@ def run(cfg: DictConfig) -> dict:
             "num_images": len(images),
             "seconds": seconds,
         }
-        p_orig = subject.probabilities(images)
+        p_orig = subject.val_probabilities()[index]  # computed for the selection already
         rows = [{"original": images[i], "fooling": fooling[i], "label": int(labels[i]), "target": int(targets[i]),
                  "p_label": float(p_orig[i, labels[i]]), "p_target": float(p_float[i, targets[i]]),
                  "saved_fools": bool(saved_fools[i]), "linf": float(linf[i])} for i in ok[: f.figure_examples]]

@@ -34,11 +34,7 @@ def source_image(c: DictConfig, subject: Subject) -> tuple[torch.Tensor, str]:
     size = subject.data.image_size
     if c.get("image"):
         return center_square(read_image(c.image), size), Path(str(c.image)).name
-    val = subject.data.split("val")
-    i = int(c.val_index)
-    if not 0 <= i < len(val):
-        raise ConfigError(f"val_index {i} out of range 0..{len(val) - 1}")
-    return val.images[i].float(), f"val {i}: {subject.class_names[int(val.labels[i])]}"
+    return subject.val_image(c.val_index)
 
 
 def layer_list(spec, model: ImageClassifier) -> list[int]:

@@ -12,7 +12,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import hydra
 import numpy as np
@@ -45,6 +45,15 @@ def overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
+
+
+def compose_config(name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides`` as a job would see it, without starting a Hydra app
+    (benchmarks, tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 def hydra_job(name: str, run: Callable[[DictConfig], object], config_name: str = "config") -> Callable[[], None]:

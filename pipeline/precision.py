@@ -42,6 +42,19 @@ def as_input(x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+@torch.no_grad()
+def probabilities(model: ImageClassifier, images: torch.Tensor, precision: str = "fp32",
+                  batch_size: int = 500) -> torch.Tensor:
+    """Softmax class probabilities (N, classes) on the CPU for pixel images (uint8 or float), in batches."""
+    device = model.mean_image.device
+    out = []
+    for lo in range(0, len(images), batch_size):
+        x = as_input(images[lo:lo + batch_size].to(device, torch.float32))
+        with autocast(device, precision):
+            out.append(model(x).float().softmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
 def fp32_layers(model: ImageClassifier, size: tuple[int, int]) -> int:
     """How many leading layers output maps of at least half the input size: the layers whose
     rounding errors would reach the input gradient's fine structure most directly."""

@@ -34,10 +34,9 @@ def method_for(s: DictConfig, model: ImageClassifier, seed: int) -> Saliency:
     return make_method(s.method, model, **options)
 
 
-def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                maps: torch.Tensor, method: str):
+def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+                targets: torch.Tensor, maps: torch.Tensor, method: str):
     """Images (true / predicted class) over their heat maps (the explained class)."""
-    probs = subject.probabilities(images)
     predicted = probs.argmax(1)
     captions = [f"true: {subject.class_names[int(y)]} | pred: {subject.label(int(p), float(probs[i, p]))}"
                 for i, (y, p) in enumerate(zip(labels, predicted))]
@@ -91,16 +90,17 @@ def run(cfg: DictConfig) -> dict:
     for name, spec in s.views.items():
         index = select_images(spec, subject.data, seed=cfg.seed, probabilities=subject.val_probabilities)
         images, labels = val.images[index].float(), val.labels[index]
-        views[name] = (index, images, labels, subject.targets(s.target, labels, subject.probabilities(images).argmax(1)))
+        probs = subject.probabilities(images)
+        views[name] = (index, images, labels, probs, subject.targets(s.target, labels, probs.argmax(1)))
     evaluation = None
     if s.evaluation.n:
         index = select_images(s.evaluation, subject.data, seed=cfg.seed, probabilities=subject.val_probabilities)
         labels = val.labels[index]
         evaluation = (index, subject.targets(s.target, labels, subject.val_probabilities()[index].argmax(1)))
     with job_outputs(cfg, "saliency", subject) as tmp:
-        for name, (index, images, labels, targets) in views.items():
+        for name, (index, images, labels, probs, targets) in views.items():
             maps = method.maps(images, targets)
-            figure = view_figure(subject, images, labels, targets, maps, s.method)
+            figure = view_figure(subject, images, labels, probs, targets, maps, s.method)
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())

@@ -13,7 +13,7 @@ from pipeline.classifier import load_classifier, pick_device
 from pipeline.data import PreparedData, load_prepared
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import ImageClassifier
-from pipeline.precision import as_input, autocast, check_precision, frozen
+from pipeline.precision import check_precision, frozen, probabilities
 
 
 @dataclass
@@ -35,15 +35,9 @@ class Subject:
                 "model_val_accuracy": f"{self.meta.get('val_accuracy', float('nan')):.4f}", "device": str(self.device),
                 "precision": self.precision}
 
-    @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         """Softmax class probabilities (N, classes) on the CPU for pixel images (uint8 or float)."""
-        out = []
-        for lo in range(0, len(images), batch_size):
-            x = as_input(images[lo:lo + batch_size].to(self.device, torch.float32), self.precision)
-            with autocast(self.device, self.precision):
-                out.append(self.model(x).float().softmax(1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.num_classes)
+        return probabilities(self.model, images, self.precision, batch_size)
 
     def val_probabilities(self) -> torch.Tensor:
         """Probabilities for the whole val split, computed once."""
@@ -62,6 +56,14 @@ class Subject:
         if spec is None or spec is False:
             raise ConfigError("target must be true, predicted, or a class (index, wnid or name)")
         return torch.full_like(labels, self.data.class_index(spec))
+
+    def val_image(self, index: int) -> tuple[torch.Tensor, str]:
+        """Val image ``index`` as float pixels (3, H, W), with a caption naming its class."""
+        val = self.data.split("val")
+        i = int(index)
+        if not 0 <= i < len(val):
+            raise ConfigError(f"val_index {i} out of range 0..{len(val) - 1}")
+        return val.images[i].float(), f"val {i}: {self.class_names[int(val.labels[i])]}"
 
     def label(self, index: int, probability: float | None = None) -> str:
         name = self.class_names[int(index)]

@@ -171,12 +171,9 @@ def subject_files(tmp_path_factory):
 
 def job_config(job: str, files: dict, out: Path, *overrides: str):
     """Compose conf/<job>.yaml for the synthetic subject, writing everything under ``out``."""
-    from hydra import compose, initialize_config_dir
+    from pipeline.job import compose_config
 
-    from pipeline.job import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=job, overrides=[
-            f"paths.prepared={files['prepared']}", f"paths.classifier={files['classifier']}",
-            f"paths.results={out}/results", f"paths.metrics={out}/metrics",
-            f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides])
+    return compose_config(job, [
+        f"paths.prepared={files['prepared']}", f"paths.classifier={files['classifier']}",
+        f"paths.results={out}/results", f"paths.metrics={out}/metrics",
+        f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides])

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm import tqdm
 
 from pipeline import archive
@@ -136,6 +135,8 @@ def _decode_batch(blobs: list[bytes], names: list[str], size: int, counts: dict)
     Grayscale and CMYK become RGB exactly as PIL's ``convert("RGB")`` does; anything
     torchvision cannot decode goes through PIL, which names the broken file.
     """
+    from torchvision.io import ImageReadMode, decode_jpeg  # here: importing torchvision costs every job 1.5 s
+
     tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
     try:
         decoded = decode_jpeg(tensors, mode=ImageReadMode.UNCHANGED)

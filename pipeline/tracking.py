@@ -177,6 +177,8 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (its imports take 0.6 s: not while holding the lock)
+
     path = Path(uri[len("sqlite:///"):] + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:

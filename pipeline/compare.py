@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = find_sweep(client, args.target)
         children = children_of(client, parent)
         header, rows = table(parent, children)
-        print(f"sweep {parent.info.run_name} ({parent.info.run_id}), {len(children)} runs")
+        print(f"{parent.info.run_name} ({parent.info.run_id}), {len(children)} runs")
         print(format_table(header, rows))
         image = side_by_side(client, parent, children)
         if image is not None:

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError
+from pipeline.sweep import objective_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -78,7 +79,7 @@ def hydra_job(name: str, run: Callable[[DictConfig], object], config_name: str =
 
             torch.set_num_threads(int(threads))
         try:
-            return run(cfg)
+            return objective_value(cfg, run(cfg))
         except PipelineError as exc:
             log.error("%s failed: %s", name, exc)
             print(f"{name}: error: {exc}", file=sys.stderr)

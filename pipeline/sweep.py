@@ -7,6 +7,10 @@ named after the sweep, with the swept values as params, and exports its id in
 process or in a launcher's worker process (they inherit the environment), gets the
 ``mlflow.parentRunId`` tag. The MLflow UI then shows the sweep as one expandable row. With a
 parallel launcher (``n_jobs`` workers) each job gets ``cores / n_jobs`` torch threads.
+
+Searches: with ``objective=<metric>`` a job returns that metric of its ``metrics/<job>.json`` to
+the sweeper, so ``hydra/sweeper=optuna`` (hydra-optuna-sweeper) can maximise it; the parent run
+then logs ``best_<metric>`` and tags ``best_run_id``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import tracking
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,27 @@ def swept(overrides: list[str]) -> dict[str, str]:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return {o.get_key_element().lstrip("+~"): item.partition("=")[2]
             for o, item in zip(parsed, overrides) if o.is_sweep_override()}
+
+
+def objective_value(cfg: DictConfig, result: object) -> object:
+    """What a job returns to Hydra: its metric ``cfg.objective`` as a float when set (optimising
+    sweepers need one number), else the job's own result."""
+    key = cfg.get("objective")
+    if not key:
+        return result
+    if not isinstance(result, dict) or key not in result:
+        names = ", ".join(sorted(result)) if isinstance(result, dict) else "none"
+        raise ConfigError(f"objective={key!r} is not a metric of this job; its metrics: {names}")
+    return float(result[key])
+
+
+def best_child(children: list, metric: str, direction: str):
+    """The child run with the best value of ``metric`` (``direction``: maximize | minimize), or None."""
+    scored = [r for r in children if metric in r.data.metrics]
+    if not scored:
+        return None
+    pick = min if str(direction).lower().startswith("min") else max
+    return pick(scored, key=lambda r: r.data.metrics[metric])
 
 
 class SweepParentRun(Callback):
@@ -94,6 +120,13 @@ class SweepParentRun(Callback):
                                       filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
         failed = [r for r in children if r.info.status != "FINISHED"]
         client.log_metric(self.run_id, "children", len(children))
+        objective = config.get("objective")
+        if objective:
+            direction = config.hydra.sweeper.get("direction", "maximize")
+            best = best_child(children, objective, direction if isinstance(direction, str) else "maximize")
+            if best is not None:
+                client.log_metric(self.run_id, f"best_{objective}", best.data.metrics[objective])
+                client.set_tag(self.run_id, "best_run_id", best.info.run_id)
         client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
         self.run_id = None
         os.environ.pop(PARENT_ENV, None)

@@ -11,17 +11,24 @@ from conftest import REPO
 from pipeline import compare
 
 
+def deepdream_sweep(subject_files, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m pipeline.deepdream -m <args>`` on the synthetic subject, logging to ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.deepdream", "-m", *args, "deepdream.octaves=1", "deepdream.max_side=64",
+         "deepdream.show_every=0", "progress=false",
+         f"paths.prepared={subject_files['prepared']}", f"paths.classifier={subject_files['classifier']}",
+         f"paths.results={tmp_path}/results", f"paths.metrics={tmp_path}/metrics",
+         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
 def test_multirun_parent_children_and_compare(subject_files, tmp_path, monkeypatch, capsys, launcher):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.deepdream", "-m", f"hydra/launcher={launcher}", "deepdream.lr=1,2", "deepdream.iterations=2",
-         "deepdream.octaves=1", "deepdream.max_side=64", "deepdream.show_every=0", "progress=false",
-         f"paths.prepared={subject_files['prepared']}", f"paths.classifier={subject_files['classifier']}",
-         f"paths.results={tmp_path}/results", f"paths.metrics={tmp_path}/metrics", f"tracking.uri={db}",
-         f"hydra.sweep.dir={tmp_path}/multirun"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = deepdream_sweep(subject_files, tmp_path, f"hydra/launcher={launcher}", "deepdream.lr=1,2",
+                             "deepdream.iterations=2")
     assert result.returncode == 0, result.stderr
     client = mlflow.MlflowClient(db)
     runs = client.search_runs([client.get_experiment_by_name("deepdream").experiment_id])
@@ -43,18 +50,50 @@ def test_multirun_parent_children_and_compare(subject_files, tmp_path, monkeypat
 def test_a_failing_configuration_marks_the_sweep_failed(subject_files, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.deepdream", "-m", "deepdream.lr=1,-1", "deepdream.iterations=1",
-         "deepdream.octaves=1", "deepdream.max_side=64", "deepdream.show_every=0", "progress=false",
-         f"paths.prepared={subject_files['prepared']}", f"paths.classifier={subject_files['classifier']}",
-         f"paths.results={tmp_path}/results", f"paths.metrics={tmp_path}/metrics", f"tracking.uri={db}",
-         f"hydra.sweep.dir={tmp_path}/multirun"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = deepdream_sweep(subject_files, tmp_path, "deepdream.lr=1,-1", "deepdream.iterations=1")
     assert result.returncode == 1 and "deepdream: error: step size (lr) must be > 0" in result.stderr
     client = mlflow.MlflowClient(db)
     runs = client.search_runs([client.get_experiment_by_name("deepdream").experiment_id])
     parent = [r for r in runs if r.data.tags.get("sweep") == "true"]
     assert len(parent) == 1 and parent[0].info.status == "FAILED"
+
+
+def test_optuna_search_maximises_a_job_metric(subject_files, tmp_path, monkeypatch):
+    """hydra/sweeper=optuna + objective=<metric>: the job returns the metric, the parent run logs the best."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    result = deepdream_sweep(subject_files, tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                             "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0",
+                             "objective=activation_norm_after", "deepdream.lr=interval(0.5,4)", "deepdream.iterations=2")
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("deepdream").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert len(parent) == 1 and parent[0].data.params == {"deepdream.lr": "interval(0.5,4)"}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(children) == 3 and len({r.data.params["deepdream.lr"] for r in children}) == 3
+    values = {r.info.run_id: r.data.metrics["activation_norm_after"] for r in children}
+    best = max(values, key=values.get)
+    assert parent[0].data.tags["best_run_id"] == best
+    assert parent[0].data.metrics["best_activation_norm_after"] == pytest.approx(values[best])
+    found = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert found["best_value"] == pytest.approx(values[best], rel=1e-6)
+
+
+def test_objective_must_be_a_metric_of_the_job():
+    from omegaconf import OmegaConf
+
+    from pipeline.errors import ConfigError
+    from pipeline.sweep import objective_value
+
+    metrics = {"top1_rate": 0.5, "seconds": 3.0}
+    assert objective_value(OmegaConf.create({"objective": None}), metrics) is metrics
+    assert objective_value(OmegaConf.create({"objective": "top1_rate"}), metrics) == 0.5
+    with pytest.raises(ConfigError, match="objective='top1' is not a metric of this job; its metrics: seconds, top1_rate"):
+        objective_value(OmegaConf.create({"objective": "top1"}), metrics)
 
 
 def test_compare_errors_are_one_line(tmp_path, capsys):

@@ -67,9 +67,11 @@ def table(parent, children) -> tuple[list[str], list[list[str]]]:
             if key and key not in metric_keys:
                 metric_keys.append(key)
     header = ["run", *swept, *metric_keys]
+    best = parent.data.tags.get("best_run_id")  # set by a search (objective=<metric>)
     rows = []
     for run in children:
-        values = [run.info.run_name or run.info.run_id[:8], *(run.data.params.get(k, "") for k in swept)]
+        name = (run.info.run_name or run.info.run_id[:8]) + (" *best" if run.info.run_id == best else "")
+        values = [name, *(run.data.params.get(k, "") for k in swept)]
         values += [f"{run.data.metrics[k]:.4g}" if k in run.data.metrics else "" for k in metric_keys]
         rows.append(values)
     return header, rows
@@ -82,6 +84,15 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def short(value: str) -> str:
+    """A param value for a caption: searched floats (0.30000000000000004, 5.5426e-07) to 4 digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if value.lstrip("-").isdigit() else f"{number:.4g}"
+
+
 def side_by_side(client, parent, children) -> Image.Image | None:
     """Each child's main figure with a caption of its swept values, stacked vertically."""
     swept = sorted(parent.data.params)
@@ -92,12 +103,16 @@ def side_by_side(client, parent, children) -> Image.Image | None:
             if not name:
                 continue
             path = client.download_artifacts(run.info.run_id, name, tmp)
+            caption = ", ".join(f"{k}={short(run.data.params.get(k, '?'))}" for k in swept)
+            if run.info.run_id == parent.data.tags.get("best_run_id"):
+                caption = "best: " + caption
             with Image.open(path) as im:
-                panels.append((", ".join(f"{k}={run.data.params.get(k, '?')}" for k in swept), im.convert("RGB")))
+                panels.append((caption, im.convert("RGB")))
     if not panels:
         return None
     font = figures.load_font(14)
-    width = max(im.width for _, im in panels)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(max(im.width, int(measure.textlength(caption, font=font)) + 8) for caption, im in panels)
     height = sum(im.height + 22 for _, im in panels)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)

@@ -81,6 +81,9 @@ def test_optuna_search_maximises_a_job_metric(subject_files, tmp_path, monkeypat
     assert parent[0].data.metrics["best_activation_norm_after"] == pytest.approx(values[best])
     found = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
     assert found["best_value"] == pytest.approx(values[best], rel=1e-6)
+    header, rows = compare.table(parent[0], children)
+    assert [row[0] for row in rows if row[0].endswith(" *best")] == [
+        next(r.info.run_name for r in children if r.info.run_id == best) + " *best"]
 
 
 def test_objective_must_be_a_metric_of_the_job():
@@ -187,3 +190,8 @@ def test_team_mode_shared_tracking_server(subject_files, tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_compare_captions_shorten_searched_floats():
+    assert [compare.short(v) for v in ["1.2167797658455166", "5.542618722974806e-07", "4", "-3", "adam", "[0,1]"]] == [
+        "1.217", "5.543e-07", "4", "-3", "adam", "[0,1]"]

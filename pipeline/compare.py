@@ -111,8 +111,7 @@ def side_by_side(client, parent, children) -> Image.Image | None:
     if not panels:
         return None
     font = figures.load_font(14)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max(max(im.width, int(measure.textlength(caption, font=font)) + 8) for caption, im in panels)
+    width = max(max(im.width, int(font.getlength(caption)) + 8) for caption, im in panels)
     height = sum(im.height + 22 for _, im in panels)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)

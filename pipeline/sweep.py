@@ -55,13 +55,12 @@ def objective_value(cfg: DictConfig, result: object) -> object:
     return float(result[key])
 
 
-def best_child(children: list, metric: str, direction: str):
-    """The child run with the best value of ``metric`` (``direction``: maximize | minimize), or None."""
+def best_child(children: list, metric: str, minimize: bool):
+    """The child run with the best value of ``metric``, or None when no child logged it."""
     scored = [r for r in children if metric in r.data.metrics]
     if not scored:
         return None
-    pick = min if str(direction).lower().startswith("min") else max
-    return pick(scored, key=lambda r: r.data.metrics[metric])
+    return (min if minimize else max)(scored, key=lambda r: r.data.metrics[metric])
 
 
 class SweepParentRun(Callback):
@@ -121,9 +120,9 @@ class SweepParentRun(Callback):
         failed = [r for r in children if r.info.status != "FINISHED"]
         client.log_metric(self.run_id, "children", len(children))
         objective = config.get("objective")
-        if objective:
-            direction = config.hydra.sweeper.get("direction", "maximize")
-            best = best_child(children, objective, direction if isinstance(direction, str) else "maximize")
+        direction = config.hydra.sweeper.get("direction", "maximize")
+        if objective and isinstance(direction, str):  # a list of directions: no single best
+            best = best_child(children, objective, minimize=direction.lower().startswith("min"))
             if best is not None:
                 client.log_metric(self.run_id, f"best_{objective}", best.data.metrics[objective])
                 client.set_tag(self.run_id, "best_run_id", best.info.run_id)

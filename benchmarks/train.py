@@ -4,7 +4,7 @@
    - naive: what a user would write first: torchvision ImageFolder over the extracted JPEGs,
      a DataLoader (2 workers), fp32, contiguous tensors;
    - pipeline: the train job's loop (prepared uint8 cache, batched augmentation, bf16 autocast,
-     channels_last).
+     channels_last) with its optimizer (Muon's orthogonalisation included); naive uses plain SGD.
 2. The full default CPU preset (unless --throughput-only): wall minutes, images/s, and the
    final accuracy on all 5,000 val images.
 
@@ -49,7 +49,8 @@ def naive_images_per_second(cfg, root: Path, steps: int, mean_image: torch.Tenso
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=2,
                                          drop_last=True, persistent_workers=False)
     model = build_model(cfg.model, mean_image=mean_image, num_classes=len(dataset.classes))
-    return _time_steps(model, iter(loader), steps, lambda x: x, precision="fp32")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    return _time_steps(model, optimizer, iter(loader), steps, lambda x: x, precision="fp32")
 
 
 def pipeline_images_per_second(cfg, prepared: data.PreparedData, steps: int) -> float:
@@ -66,12 +67,12 @@ def pipeline_images_per_second(cfg, prepared: data.PreparedData, steps: int) -> 
             idx = order[i:i + s.batch_size]
             yield train.augment(images[idx], generator, s.augment.pad, s.augment.flip), labels[idx]
 
-    return _time_steps(model, batches(), steps, lambda x: train.to_input(x, torch.device("cpu"), None, True),
-                       precision=s.precision)
+    optimizer = train.make_optimizer(model, train.settings(cfg, torch.device("cpu")))  # the job's own optimizer
+    return _time_steps(model, optimizer, batches(), steps,
+                       lambda x: train.to_input(x, torch.device("cpu"), None, True), precision=s.precision)
 
 
-def _time_steps(model, batches, steps: int, prepare, precision: str, warmup: int = 3) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+def _time_steps(model, optimizer, batches, steps: int, prepare, precision: str, warmup: int = 3) -> float:
     model.train()
     seen, start = 0, None
     for step in range(steps + warmup):
@@ -107,10 +108,10 @@ def main() -> None:
                                                            if k not in ("url", "path", "sha256", "source")))
         print(f"threads        {torch.get_num_threads()}, batch {cfg.train.batch_size}, {args.steps} timed steps each")
         naive = naive_images_per_second(cfg, extracted, args.steps, prepared.mean_image)
-        print(f"naive          {naive:8.1f} images/s  (ImageFolder JPEGs + DataLoader(2 workers), fp32)")
+        print(f"naive          {naive:8.1f} images/s  (ImageFolder JPEGs + DataLoader(2 workers), fp32, SGD)")
         fast = pipeline_images_per_second(cfg, prepared, args.steps)
         print(f"pipeline       {fast:8.1f} images/s  (uint8 cache, batched augment, {cfg.train.precision} "
-              f"autocast, channels_last) = {fast / naive:.2f}x naive")
+              f"autocast, channels_last, {cfg.train.optimizer}) = {fast / naive:.2f}x naive")
         if args.throughput_only:
             return
         started = time.perf_counter()

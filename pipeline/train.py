@@ -3,7 +3,8 @@ then evaluate it on the full val set and save ``models/classifier.pt``.
 
 Training reads uint8 tensors from the cache (no JPEG decoding), augments on whole batches
 (pad-and-crop, flip), can grow the image size over the epochs (progressive resizing: early
-epochs are cheap), runs under bf16 autocast with channels_last on CPU (CUDA + bf16 on GPU),
+epochs are cheap), steps conv filters with Muon (``pipeline.muon``: far more accuracy per epoch
+than SGD here), runs under bf16 autocast with channels_last on CPU (CUDA + bf16 on GPU),
 keeps an EMA of the weights, and checkpoints every epoch so a killed run resumes with the
 same result as an uninterrupted one.
 """
@@ -33,6 +34,7 @@ from pipeline.fetch import fetch
 from pipeline.files import atomic_path, write_json
 from pipeline.job import hydra_job, overrides, seed_everything
 from pipeline.models import ImageClassifier, build_model
+from pipeline.muon import MuonSGD
 from pipeline.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,11 @@ def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
         raise ConfigError(f"train.lr must be > 0, got {s.lr}")
     if s.weight_decay < 0 or not 0 <= s.label_smoothing < 1:
         raise ConfigError("train.weight_decay must be >= 0 and train.label_smoothing in [0, 1)")
+    if s.optimizer not in ("sgd", "muon"):
+        raise ConfigError(f"train.optimizer must be sgd or muon, got {s.optimizer!r}")
+    if not s.muon.lr_scale > 0 or int(s.muon.ns_steps) < 1:
+        raise ConfigError(f"train.muon.lr_scale must be > 0 and train.muon.ns_steps >= 1, got "
+                          f"{s.muon.lr_scale}, {s.muon.ns_steps}")
     if s.precision not in ("bf16", "fp32"):
         raise ConfigError(f"train.precision must be bf16 or fp32, got {s.precision!r}")
     if not 0 <= s.ema.decay < 1 or int(s.ema.every) < 1:
@@ -144,6 +151,21 @@ def evaluate(scores: torch.Tensor, labels: torch.Tensor) -> dict:
 # --------------------------------------------------------------------------- training
 
 
+def make_optimizer(model: ImageClassifier, s: DictConfig) -> torch.optim.Optimizer:
+    """Nesterov SGD (no weight decay on biases and BN), or Muon on the conv filters."""
+    filters, decay, no_decay = [], [], []
+    for p in model.parameters():
+        if p.ndim == 4 and s.optimizer == "muon":
+            filters.append(p)
+        else:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+    groups.append({"params": filters, "muon": True, "lr_scale": s.muon.lr_scale, "ns_steps": s.muon.ns_steps})
+    return MuonSGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+
+
 class EMA:
     """Exponential moving average of weights (and a copy of BN statistics) for evaluation."""
 
@@ -182,12 +204,7 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
     model = build_model(cfg.model, mean_image=data.mean_image, num_classes=data.num_classes).to(device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": s.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+    optimizer = make_optimizer(model, s)
     ema = EMA(model, s.ema.decay) if s.ema.enabled else None
     train_images, labels = train_split.images, train_split.labels
     if s.max_train_images:  # quick experiments: a fixed random subset

@@ -71,10 +71,11 @@ def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     assert {"confusion_top_pairs.csv", "per_class_accuracy.csv", "classifier.pt", "config.yaml"} <= artifacts
 
 
-def test_same_seed_same_weights(prepared, tmp_path):
-    train.run(job_cfg(prepared, tmp_path / "a"))
-    train.run(job_cfg(prepared, tmp_path / "b"))
-    train.run(job_cfg(prepared, tmp_path / "c", "seed=1"))
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_same_seed_same_weights(prepared, tmp_path, optimizer):
+    train.run(job_cfg(prepared, tmp_path / "a", f"train.optimizer={optimizer}"))
+    train.run(job_cfg(prepared, tmp_path / "b", f"train.optimizer={optimizer}"))
+    train.run(job_cfg(prepared, tmp_path / "c", f"train.optimizer={optimizer}", "seed=1"))
     a, b, c = (torch.load(tmp_path / d / "models" / "classifier.pt")["state_dict"] for d in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -142,6 +143,8 @@ def test_fetch_checks_sha256(prepared, tmp_path, http_server):
     ("train.precision=fp8", ConfigError, "bf16 or fp32"),
     ("model.source=fetch", ConfigError, "needs model.url"),
     ("train.ema.every=0", ConfigError, "train.ema.every >= 1"),
+    ("train.optimizer=adam", ConfigError, "train.optimizer must be sgd or muon, got 'adam'"),
+    ("train.muon.lr_scale=0", ConfigError, "train.muon.lr_scale must be > 0"),
 ])
 def test_bad_configs_fail_before_work(prepared, tmp_path, override, error, message):
     with pytest.raises(error, match=message):

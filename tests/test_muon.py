@@ -1,0 +1,46 @@
+"""Muon on conv filters + SGD on the rest (pipeline/muon.py)."""
+
+import pytest
+import torch
+
+from pipeline.muon import MuonSGD, orthogonalize
+
+
+@pytest.mark.parametrize("shape", [(24, 27), (96, 48), (64, 576)])
+def test_orthogonalize_flattens_the_spectrum(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    g[:, 0] *= 10  # one dominant direction, as in momentum: singular values 1-2 orders apart
+    s = torch.linalg.svdvals(orthogonalize(g, steps=5).float())
+    assert s.max() < 1.3 and s.min() > 0.5  # all directions move at about the same speed
+    u, _, v = torch.linalg.svd(g, full_matrices=False)
+    assert torch.nn.functional.cosine_similarity(orthogonalize(g).flatten(), (u @ v).flatten(), dim=0) > 0.95
+
+
+def test_muon_keeps_filter_norms_and_sgd_groups_match_torch_sgd():
+    torch.manual_seed(0)
+    conv, bias = torch.randn(16, 8, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+    fc = torch.randn(10, 16, requires_grad=True)
+    twin_bias, twin_fc = bias.detach().clone().requires_grad_(), fc.detach().clone().requires_grad_()
+    opt = MuonSGD([{"params": [conv], "muon": True, "lr_scale": 0.5}, {"params": [bias]},
+                   {"params": [fc], "weight_decay": 1e-3}], lr=0.1, momentum=0.9)
+    ref = torch.optim.SGD([{"params": [twin_bias]}, {"params": [twin_fc], "weight_decay": 1e-3}], lr=0.1,
+                          momentum=0.9, nesterov=True)
+    for step in range(3):
+        grads = [torch.randn_like(t) for t in (conv, bias, fc)]
+        for t, g in zip((conv, bias, fc), grads):
+            t.grad = g
+        for t, g in zip((twin_bias, twin_fc), grads[1:]):
+            t.grad = g.clone()
+        before = conv.detach().clone()
+        opt.step()
+        ref.step()
+        assert float(conv.detach().norm()) == pytest.approx(16 ** 0.5, rel=0.05)  # renormalised, then one step of ~lr
+        angle = torch.arccos(torch.nn.functional.cosine_similarity(before.flatten(), conv.detach().flatten(), dim=0))
+        if step:  # the angle a filter bank turns is the learning rate (0.1 * 0.5), up to Newton-Schulz slack
+            assert 0.02 < float(angle) < 0.08
+    assert torch.equal(bias, twin_bias) and torch.allclose(fc, twin_fc)
+
+
+def test_muon_rejects_bad_settings():
+    with pytest.raises(ValueError, match="lr > 0"):
+        MuonSGD([torch.zeros(2, requires_grad=True)], lr=-1.0)

@@ -64,6 +64,8 @@ def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
     if not s.muon.lr_scale > 0 or int(s.muon.ns_steps) < 1:
         raise ConfigError(f"train.muon.lr_scale must be > 0 and train.muon.ns_steps >= 1, got "
                           f"{s.muon.lr_scale}, {s.muon.ns_steps}")
+    if s.augment.flip not in (True, False, "alternate"):
+        raise ConfigError(f"train.augment.flip must be true, false or alternate, got {s.augment.flip!r}")
     if s.precision not in ("bf16", "fp32"):
         raise ConfigError(f"train.precision must be bf16 or fp32, got {s.precision!r}")
     if not 0 <= s.ema.decay < 1 or int(s.ema.every) < 1:
@@ -95,8 +97,11 @@ def learning_rate(step: int, total: int, s: DictConfig) -> float:
 # --------------------------------------------------------------------------- batches
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
-    """Random pad-and-crop (zero padding) and horizontal flip of a uint8 batch, all at once."""
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int, flip: bool | torch.Tensor) -> torch.Tensor:
+    """Random pad-and-crop (zero padding) and horizontal flip of a uint8 batch, all at once.
+
+    ``flip``: True mirrors a random half, or a boolean mask says which images to mirror.
+    """
     n, c, h, w = images.shape
     if pad:
         padded = F.pad(images, (pad, pad, pad, pad))
@@ -105,8 +110,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int, flip: bo
         rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
         images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+    if isinstance(flip, torch.Tensor) or flip:
+        mask = flip if isinstance(flip, torch.Tensor) else torch.rand(n, generator=generator) < 0.5
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
     return images
 
@@ -119,6 +124,13 @@ def to_input(images: torch.Tensor, device: torch.device, size: int | None, chann
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def alternating_flips(mirrored_first: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images to mirror in ``epoch``: a random half in the first, the other half in the next,
+    and so on (alternating flip, Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"):
+    short runs see every image both ways every two epochs instead of leaving it to chance."""
+    return mirrored_first ^ bool(epoch % 2)
 
 
 @torch.no_grad()
@@ -211,6 +223,7 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))[:s.max_train_images]
         train_images, labels = train_images[keep.sort().values], labels[keep.sort().values]
     train_images = train_images.clone()  # private RAM copy: fast random access
+    mirrored_first = torch.rand(len(train_images), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
     steps_per_epoch = math.ceil(len(train_images) / s.batch_size) if not s.drop_last else \
         max(len(train_images) // s.batch_size, 1)
     total_steps = steps_per_epoch * s.epochs
@@ -251,7 +264,8 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
         for i in bar:
             step = epoch * steps_per_epoch + i
             idx = order[i * s.batch_size:(i + 1) * s.batch_size]
-            batch = augment(train_images[idx], generator, s.augment.pad, s.augment.flip)
+            flip = alternating_flips(mirrored_first[idx], epoch) if s.augment.flip == "alternate" else s.augment.flip
+            batch = augment(train_images[idx], generator, s.augment.pad, flip)
             target = labels[idx].to(device, non_blocking=True)
             x = to_input(batch, device, size, s.channels_last)
             lr = learning_rate(step, total_steps, s)
@@ -278,11 +292,16 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_top5": val["top5"], "lr": lr,
                "images_per_second": seen / seconds, "epoch_seconds": seconds, "image_size": size}
+        if ema is not None:  # the same images through the raw weights: what the average is worth
+            raw = predict(model, val_split.images[:monitor], batch_size=s.eval_batch_size, device=device,
+                          precision=s.precision, channels_last=s.channels_last)
+            row["raw_val_accuracy"] = evaluate(raw, val_split.labels[:monitor])["accuracy"]
         history.append(row)
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        log.info("epoch %d/%d @%dpx: train loss %.3f acc %.3f | val acc %.4f top5 %.4f | %.0f img/s, %.0fs",
+        log.info("epoch %d/%d @%dpx: train loss %.3f acc %.3f | val acc %.4f top5 %.4f%s | %.0f img/s, %.0fs",
                  epoch + 1, s.epochs, size, row["train_loss"], row["train_accuracy"], row["val_accuracy"],
-                 row["val_top5"], row["images_per_second"], seconds)
+                 row["val_top5"], f" (raw weights {row['raw_val_accuracy']:.4f})" if ema is not None else "",
+                 row["images_per_second"], seconds)
         with atomic_path(checkpoint) as tmp:
             torch.save({"fingerprint": key, "epoch": epoch + 1, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "ema": ema.model.state_dict() if ema else None,

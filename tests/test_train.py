@@ -145,6 +145,7 @@ def test_fetch_checks_sha256(prepared, tmp_path, http_server):
     ("train.ema.every=0", ConfigError, "train.ema.every >= 1"),
     ("train.optimizer=adam", ConfigError, "train.optimizer must be sgd or muon, got 'adam'"),
     ("train.muon.lr_scale=0", ConfigError, "train.muon.lr_scale must be > 0"),
+    ("train.augment.flip=sideways", ConfigError, "train.augment.flip must be true, false or alternate"),
 ])
 def test_bad_configs_fail_before_work(prepared, tmp_path, override, error, message):
     with pytest.raises(error, match=message):
@@ -184,3 +185,14 @@ def test_augment_crops_the_padded_image_and_flips():
     kinds = ["same" if torch.equal(flipped[i], x[i]) else "flip" if torch.equal(flipped[i], x[i].flip(-1)) else "?"
              for i in range(4)]
     assert "?" not in kinds
+
+
+def test_alternating_flips_mirror_every_image_once_in_two_epochs():
+    first = torch.rand(1000, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert torch.equal(train.alternating_flips(first, 0), first) and 400 < int(first.sum()) < 600
+    for epoch in range(4):
+        assert not (train.alternating_flips(first, epoch) & train.alternating_flips(first, epoch + 1)).any()
+        assert (train.alternating_flips(first, epoch) | train.alternating_flips(first, epoch + 1)).all()
+    x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4).to(torch.uint8)
+    out = train.augment(x, torch.Generator().manual_seed(0), pad=0, flip=torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1])

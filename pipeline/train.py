@@ -98,22 +98,22 @@ def learning_rate(step: int, total: int, s: DictConfig) -> float:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int, flip: bool | torch.Tensor) -> torch.Tensor:
-    """Random pad-and-crop (zero padding) and horizontal flip of a uint8 batch, all at once.
+    """Random pad-and-crop (zero padding) and horizontal flip of a uint8 batch, as one gather.
 
     ``flip``: True mirrors a random half, or a boolean mask says which images to mirror.
     """
     n, c, h, w = images.shape
-    if pad:
-        padded = F.pad(images, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if isinstance(flip, torch.Tensor) or flip:
-        mask = flip if isinstance(flip, torch.Tensor) else torch.rand(n, generator=generator) < 0.5
-        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
-    return images
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad else torch.zeros(n, dtype=torch.long)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad else torch.zeros(n, dtype=torch.long)
+    if not isinstance(flip, torch.Tensor):
+        flip = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if not pad and not flip.any():
+        return images
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    cols = torch.where(flip[:, None], torch.arange(w - 1, -1, -1), torch.arange(w))  # (n, w), mirrored or not
+    rows = dy[:, None] + torch.arange(h)  # (n, h)
+    index = (rows[:, :, None] * (w + 2 * pad) + dx[:, None, None] + cols[:, None, :]).reshape(n, 1, h * w)
+    return padded.reshape(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def to_input(images: torch.Tensor, device: torch.device, size: int | None, channels_last: bool) -> torch.Tensor:

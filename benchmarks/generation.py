@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.class_viz import initial_images, shifted, visualize_classes  # noqa: E402
-from pipeline.deepdream import activation_norm, dream, dream_layer  # noqa: E402
-from pipeline.images import fit_max_side  # noqa: E402
-from pipeline.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
+from pipeline.explain.class_viz import initial_images, shifted, visualize_classes  # noqa: E402
+from pipeline.explain.deepdream import activation_norm, dream, dream_layer  # noqa: E402
+from pipeline.data.images import fit_max_side  # noqa: E402
+from pipeline.explain.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
-from pipeline.subject import load_subject  # noqa: E402
+from pipeline.explain.subject import load_subject  # noqa: E402
 
 
 def job_settings(name: str, section: str | None = "same"):

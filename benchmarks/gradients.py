@@ -27,12 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.attribution import Saliency  # noqa: E402
-from pipeline.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks, spearman  # noqa: E402
-from pipeline.fooling import make_fooling_images, random_other_classes  # noqa: E402
-from pipeline.selection import select_images  # noqa: E402
+from pipeline.explain.attribution.methods import Saliency  # noqa: E402
+from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks, spearman  # noqa: E402
+from pipeline.explain.fooling import make_fooling_images, random_other_classes  # noqa: E402
+from pipeline.data.selection import select_images  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
-from pipeline.subject import load_subject  # noqa: E402
+from pipeline.explain.subject import load_subject  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:

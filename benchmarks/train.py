@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from pipeline import archive, data, train  # noqa: E402
 from pipeline.job import CONF_DIR  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from pipeline.model.architectures import build_model  # noqa: E402
 
 
 def compose_cfg(tmp: Path, overrides: list[str]):

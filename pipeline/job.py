@@ -6,7 +6,6 @@ A job module defines ``run(cfg)`` and ends with ``main = hydra_job("name", run)`
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import random
@@ -19,8 +18,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
-from pipeline.sweep import objective_value
+from pipeline.errors import ConfigError, PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -57,21 +55,29 @@ def compose_config(name: str = "config", overrides: Sequence[str] = ()) -> DictC
         return compose(config_name=name, overrides=list(overrides))
 
 
-def hydra_job(name: str, run: Callable[[DictConfig], object], config_name: str = "config") -> Callable[[], None]:
-    """Wrap ``run`` as the Hydra entry point of job ``name`` over ``conf/<config_name>.yaml``.
+def objective_value(cfg: DictConfig, result: object) -> object:
+    """What a job returns to Hydra: its metric ``cfg.objective`` as a float when set (optimising
+    sweepers need one number), else the job's own result."""
+    key = cfg.get("objective")
+    if not key:
+        return result
+    if not isinstance(result, dict) or key not in result:
+        names = ", ".join(sorted(result)) if isinstance(result, dict) else "none"
+        raise ConfigError(f"objective={key!r} is not a metric of this job; its metrics: {names}")
+    return float(result[key])
 
-    Visualization jobs have a primary config of their own (``conf/<job>.yaml``) that extends
-    ``config.yaml`` with the job's section, so their MLflow params and DVC params stay focused.
+
+def primary_config(job: str) -> str:
+    return job if (CONF_DIR / f"{job}.yaml").is_file() else "config"
+
+
+def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """Wrap ``run`` as the Hydra entry point of job ``name`` over its primary config: ``conf/<name>.yaml``
+    where the job has one (it extends ``config.yaml`` with the job's section, so its MLflow params and
+    DVC params stay focused), else ``conf/config.yaml``.
     """
 
-    if getattr(run, "__module__", None) == "__main__":
-        # Started as `python -m pipeline.<job>`: take ``run`` from the importable module, so that
-        # parallel launchers (joblib, submitit) pickle it by reference, not with __main__'s globals.
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        if spec is not None and spec.name.startswith("pipeline."):
-            run = getattr(importlib.import_module(spec.name), run.__name__)
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=primary_config(name))
     def main(cfg: DictConfig) -> object:
         threads = os.environ.get("PIPELINE_THREADS")  # set by pipeline.sweep for parallel launchers
         if threads:

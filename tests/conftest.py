@@ -124,7 +124,7 @@ def tiny_classifier(num_classes: int = 4, mean_image=None, seed: int = 0):
     """A small randomly initialised ResNet (fresh BN statistics replaced by something non-trivial)."""
     import torch
 
-    from pipeline.models import build_model
+    from pipeline.model.architectures import build_model
 
     torch.manual_seed(seed)
     arch = dict(TINY_RESNET, num_classes=num_classes)
@@ -155,8 +155,8 @@ def fit(model, split, steps: int = 60) -> None:
 @pytest.fixture(scope="session")
 def subject_files(tmp_path_factory):
     """A prepared synthetic dataset (4 classes, 6 val images each) and a tiny classifier for it."""
-    from pipeline import data
-    from pipeline.classifier import save_classifier
+    from pipeline.data import cache as data
+    from pipeline.model.checkpoint import save_classifier
 
     root = tmp_path_factory.mktemp("subject")
     synthetic.make_zip(root / "d.zip", num_classes=4, train_per_class=4, val_per_class=6)

@@ -5,7 +5,7 @@ import zipfile
 import pytest
 import synthetic
 
-from pipeline import archive
+from pipeline.data import archive
 from pipeline.errors import DataError
 
 

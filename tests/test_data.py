@@ -10,7 +10,7 @@ import synthetic
 import torch
 from PIL import Image
 
-from pipeline import data
+from pipeline.data import cache as data
 from pipeline.errors import ConfigError, DataError
 
 
@@ -48,7 +48,7 @@ def test_mean_image_and_metadata(prepared, synthetic_zip):
     assert cache.wnids == expected["wnids"]
     assert cache.class_names == ["goldfish", "European fire salamander", "bullfrog", "tailed frog"]
     assert cache.words[3] == "tailed frog, bell toad, ribbed toad"
-    from pipeline.fetch import sha256_file
+    from pipeline.data.fetch import sha256_file
     assert cache.sha256 == sha256_file(synthetic_zip[0]) == stats["zip_sha256"]
 
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import Route
 
 from pipeline.errors import DownloadError
-from pipeline.fetch import fetch, redact
+from pipeline.data.fetch import fetch, redact
 
 
 def leftovers(folder):

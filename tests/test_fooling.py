@@ -8,9 +8,9 @@ import torch
 from conftest import job_config, tiny_classifier
 from PIL import Image
 
-from pipeline import fooling
+from pipeline.explain import fooling
 from pipeline.errors import ConfigError
-from pipeline.precision import frozen
+from pipeline.model.precision import frozen
 
 
 @pytest.fixture(scope="module")

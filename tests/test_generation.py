@@ -11,11 +11,11 @@ from conftest import REPO, Route, job_config, tiny_classifier
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline import class_viz, deepdream, inversion
+from pipeline.explain import class_viz, deepdream, inversion
 from pipeline.errors import ConfigError, DataError
-from pipeline.images import center_square, fit_max_side, read_image
-from pipeline.models import UnknownLayerError, build_model, reference_layer
-from pipeline.precision import frozen
+from pipeline.data.images import center_square, fit_max_side, read_image
+from pipeline.model.architectures import UnknownLayerError, build_model, reference_layer
+from pipeline.model.precision import frozen
 
 
 @pytest.fixture(autouse=True)

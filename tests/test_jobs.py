@@ -11,7 +11,7 @@ import synthetic
 from conftest import REPO, Route
 from hydra import compose, initialize_config_dir
 
-from pipeline import download, prepare
+from pipeline.data import download, prepare
 from pipeline.errors import ConfigError, DataError, DownloadError
 from pipeline.job import CONF_DIR
 
@@ -34,7 +34,7 @@ def test_download_then_prepare_records_everything(http_server, synthetic_zip, tm
     http_server.add("/tiny-imagenet-100-A.zip", Route(path.read_bytes()))
     cfg = job_cfg(tmp_path, f"data.mirror={http_server.url}")
     record = download.run(cfg)
-    from pipeline.fetch import sha256_file
+    from pipeline.data.fetch import sha256_file
     assert record["sha256"] == sha256_file(path)
     assert json.loads((tmp_path / "metrics" / "download.json").read_text())["sha256"] == record["sha256"]
     stats = prepare.run(cfg)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.models import (CS231nNet, ImageClassifier, ResNet, UnknownLayerError, build_model,
-                             load_cs231n_h5, main)
+from pipeline.model.architectures import (CS231nNet, ImageClassifier, ResNet, UnknownLayerError, build_model,
+                                         load_cs231n_h5)
+from pipeline.model.listing import main
 
 h5py = pytest.importorskip("h5py")
 
@@ -195,7 +196,7 @@ def test_forward_end_is_inclusive_and_names_match_indices(cs231n, images):
         assert torch.equal(a2, manual)
         for i, name in enumerate(names):
             assert cs231n.layer_index(name) == cs231n.layer_index(str(i)) == cs231n.layer_index(i - 11) == i
-        assert torch.equal(cs231n.features(x, "conv4"), cs231n(x, end=3))
+        assert torch.equal(cs231n.features(x, ["conv4"])[3], cs231n(x, end=3))
         assert torch.equal(cs231n(x, end="3"), cs231n(x, end=-8))
 
 

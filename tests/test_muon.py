@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.muon import MuonSGD, orthogonalize
+from pipeline.model.muon import MuonSGD, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(24, 27), (96, 48), (64, 576)])

@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import tiny_classifier
 
-from pipeline import tracking
+from pipeline.track import tracking
 from pipeline.errors import ConfigError
-from pipeline.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, TotalVariation
-from pipeline.optimize import optimize
-from pipeline.precision import frozen
-from pipeline.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip, GaussianBlur, Jitter, Quantize
+from pipeline.explain.engine.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, TotalVariation
+from pipeline.explain.engine.render import optimize
+from pipeline.model.precision import frozen
+from pipeline.explain.engine.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip, GaussianBlur, Jitter, Quantize
 
 
 @pytest.fixture(scope="module")

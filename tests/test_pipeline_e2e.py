@@ -8,6 +8,8 @@ import mlflow
 import pytest
 from conftest import REPO, Route
 
+from pipeline.registry import JOBS, VISUALIZATIONS
+
 pytestmark = pytest.mark.slow
 
 TRACKED = ["pipeline", "conf", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
@@ -27,22 +29,10 @@ def copy_repo(dest):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy"], dest)
 
 
-# What a user with a 24-image val set would change: fewer images, epochs and iterations.
-SMALL = {
-    "conf/train/default.yaml": {"epochs": 2, "batch_size": 16, "resize": {"start": 48, "full_size_epochs": 1}},
-    "conf/saliency.yaml": {"saliency": {"views": {"confident": {"min_confidence": 0.0, "n": 1}},
-                                        "evaluation": {"n": 8, "steps": 4, "sanity_images": 4}}},
-    "conf/fooling.yaml": {"fooling": {"images": {"n": None}, "max_iterations": 50}},
-    "conf/class_viz/default.yaml": {"iterations": 10},
-    "conf/inversion.yaml": {"inversion": {"iterations": 10}},
-    "conf/deepdream.yaml": {"deepdream": {"iterations": 2, "max_side": 96, "octaves": 2}},
-}
-
-
 def shrink_configs(dest):
     from omegaconf import OmegaConf
 
-    for name, changes in SMALL.items():
+    for name, changes in (item for job in JOBS.values() for item in job.smoke.items()):
         cfg = OmegaConf.load(dest / name)
         OmegaConf.save(OmegaConf.merge(cfg, changes), dest / name)
 
@@ -61,14 +51,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(http_server, synthetic_zip, tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["CS231N_MIRROR"] = http_server.url
     out = run(["dvc", "repro"], repo, env)
-    stages = ["download", "prepare", "train", "saliency", "fooling", "class_viz", "inversion", "deepdream", "report"]
+    stages = list(JOBS)
     assert all(f"Running stage '{stage}'" in out for stage in stages), out
     assert len(route.requests) == 1
     assert (repo / "data" / "prepared" / "train_images.npy").is_file()
     assert (repo / "metrics" / "download.json").is_file() and (repo / "metrics" / "prepare.json").is_file()
     assert (repo / "dvc.lock").is_file() and (repo / "report" / "index.html").is_file()
-    for job in stages[3:-1]:
-        assert (repo / "metrics" / f"{job}.json").is_file() and any((repo / "results" / job).iterdir())
+    for job in VISUALIZATIONS:
+        assert (repo / job.metrics).is_file() and any((repo / job.outputs[0]).iterdir())
 
     client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
     for job in ("download", "prepare", "train", "fooling"):

@@ -8,7 +8,7 @@ import pytest
 from conftest import REAL_ZIP
 from PIL import Image
 
-from pipeline import data
+from pipeline.data import cache as data
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow,
               pytest.mark.skipif(not REAL_ZIP.is_file(), reason=f"real dataset not present at {REAL_ZIP}")]

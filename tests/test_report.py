@@ -7,7 +7,9 @@ import subprocess
 import pytest
 from conftest import job_config
 
-from pipeline import deepdream, report
+from pipeline.explain import deepdream
+
+from pipeline.track import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import REPO, job_config, tiny_classifier
 
-from pipeline import saliency
-from pipeline.attribution import GradientXInput, IntegratedGradients, Saliency, SmoothGrad, make_method
+from pipeline.explain import saliency
+from pipeline.explain.attribution.methods import GradientXInput, IntegratedGradients, Saliency, SmoothGrad, make_method
 from pipeline.errors import ConfigError
-from pipeline.faithfulness import auc, cascading_randomization, curves, pixel_ranks, spearman
-from pipeline.precision import frozen
+from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, spearman
+from pipeline.model.precision import frozen
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from conftest import REPO
 
-from pipeline import compare
+from pipeline.track import compare
 
 
 def deepdream_sweep(subject_files, tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -90,7 +90,7 @@ def test_objective_must_be_a_metric_of_the_job():
     from omegaconf import OmegaConf
 
     from pipeline.errors import ConfigError
-    from pipeline.sweep import objective_value
+    from pipeline.job import objective_value
 
     metrics = {"top1_rate": 0.5, "seconds": 3.0}
     assert objective_value(OmegaConf.create({"objective": None}), metrics) is metrics
@@ -111,7 +111,7 @@ WRITER = """
 import sys
 import numpy as np
 from omegaconf import OmegaConf
-from pipeline import tracking
+from pipeline.track import tracking
 
 i, root = int(sys.argv[1]), sys.argv[2]
 cfg = OmegaConf.create({"seed": i, "paths": {"root": root}, "tracking": {"uri": f"sqlite:///{root}/mlflow.db",
@@ -178,7 +178,7 @@ def test_team_mode_shared_tracking_server(subject_files, tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         from conftest import job_config
 
-        from pipeline import deepdream
+        from pipeline.explain import deepdream
 
         deepdream.run(job_config("deepdream", subject_files, tmp_path, "deepdream.iterations=2", "deepdream.octaves=1",
                                  "deepdream.max_side=64", "deepdream.show_every=0"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipeline import tracking
+from pipeline.track import tracking
 from pipeline.errors import TrackingError
 from pipeline.job import CONF_DIR
 

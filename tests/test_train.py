@@ -16,8 +16,10 @@ import torch
 from conftest import REPO, Route
 from hydra import compose, initialize_config_dir
 
-from pipeline import data, train
-from pipeline.classifier import load_classifier
+from pipeline.data import cache as data
+
+from pipeline.model import train
+from pipeline.model.checkpoint import load_classifier
 from pipeline.errors import ConfigError, DataError
 from pipeline.job import CONF_DIR
 

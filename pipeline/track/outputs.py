@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from omegaconf import DictConfig
 from PIL import Image
 
-from pipeline import tracking
+from pipeline.track import tracking
 from pipeline.files import atomic_path, write_json
 from pipeline.job import overrides
-from pipeline.subject import Subject
+
+if TYPE_CHECKING:  # only for the type hint: outputs sit below the jobs, not above the subject
+    from pipeline.explain.subject import Subject
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from pipeline.data import PreparedData
+from pipeline.data.cache import PreparedData
 from pipeline.errors import ConfigError
 
 MODES = ("random", "indices", "class", "correct")

@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from pipeline.models import ImageClassifier, build_model
-from pipeline.precision import probabilities
-from pipeline.transforms import GaussianBlur
+from pipeline.model.architectures import ImageClassifier, build_model
+from pipeline.model.precision import probabilities
+from pipeline.explain.engine.transforms import GaussianBlur
 
 
 def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,7 @@ def curves(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor, 
     """
     x = images.float().cpu()
     n, _, h, w = x.shape
-    mean = model.mean_image.detach().cpu()
-    removed = mean.expand_as(x) if mean.shape[-2:] == (h, w) else mean.mean((1, 2), keepdim=True).expand_as(x)
+    removed = model.mean_for((h, w)).detach().cpu().expand_as(x)
     blurred = GaussianBlur(blur_sigma).apply(x)
     deletion, insertion = [], []
     for k in range(steps + 1):

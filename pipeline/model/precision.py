@@ -13,7 +13,8 @@ import contextlib
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.models import ImageClassifier
+from pipeline.model.architectures import ImageClassifier
+from pipeline.model.layers import autocast_after
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -73,11 +74,5 @@ def forward(model: ImageClassifier, x: torch.Tensor, precision: str = "fp32") ->
     if check_precision(precision) == "fp32":
         return model(x).float()
     k = fp32_layers(model, tuple(x.shape[-2:]))
-    h = model.normalize(x)
-    layers = model.layers()
-    for layer in layers[:k]:
-        h = layer(h)
-    with autocast(x.device, "bf16"):
-        for layer in layers[k:]:
-            h = layer(h)
-    return h.float()
+    with autocast_after(model, model.layer_names[k - 1] if k else None, x.device.type):
+        return model(x).float()

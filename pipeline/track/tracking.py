@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from pipeline.errors import TrackingError
-from pipeline.fetch import redact
+from pipeline.data.fetch import redact
 
 log = logging.getLogger(__name__)
 

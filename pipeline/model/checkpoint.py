@@ -15,7 +15,7 @@ import torch
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_path
-from pipeline.models import SOURCE_KEYS, ImageClassifier, build_model, load_cs231n_h5
+from pipeline.model.architectures import SOURCE_KEYS, ImageClassifier, build_model, load_cs231n_h5
 
 FORMAT = 1
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.models import ImageClassifier
+from pipeline.model.architectures import ImageClassifier
 
 
 @dataclass

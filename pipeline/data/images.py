@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.fetch import fetch
+from pipeline.data.fetch import fetch
 
 
 def read_image(source: str, *, retries: int = 2, timeout: float = 30.0) -> torch.Tensor:

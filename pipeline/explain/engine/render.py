@@ -6,7 +6,7 @@ One loop for all of them: a batch of pixel images (N, 3, H, W, 0..255), an objec
 transforms (jitter), constraints after each update (clip, blur), a step rule, and an optional
 per-image stopping test. Images that meet it leave the batch (no further forward or backward
 passes); ``Result.steps`` says how many updates each got. Per-step loss terms and snapshots
-go to ``log`` (``pipeline.tracking.StepLogger`` sends them to MLflow).
+go to ``log`` (``pipeline.track.tracking.StepLogger`` sends them to MLflow).
 
 Deterministic: randomness comes from one generator per image seeded from ``seeds``, and the
 images do not interact, so an image's result does not depend on the batch it is in (up to
@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import ConfigError
-from pipeline.models import ImageClassifier
-from pipeline.objectives import L2, Evaluation, TotalVariation
-from pipeline.precision import as_input, autocast, check_precision
-from pipeline.transforms import Blur, Clip, GaussianBlur, Jitter
+from pipeline.model.architectures import ImageClassifier
+from pipeline.explain.engine.objectives import L2, Evaluation, TotalVariation
+from pipeline.model.precision import as_input, autocast, check_precision
+from pipeline.explain.engine.transforms import Blur, Clip, GaussianBlur, Jitter
 
 BLURS = ("reference", "gaussian", "none")
 STEP_RULES = ("raw", "normalized", "scaled", "sign", "adam")
@@ -95,7 +95,7 @@ def optimize(model: ImageClassifier, init: torch.Tensor, objective: Objective, *
     """Minimise ``objective`` + ``regularizers`` over the pixels of ``init``, ``steps`` updates at most.
 
     With ``stop``, each image is tested before each update (and once after the last): those that
-    pass are frozen. ``model`` should be frozen (``pipeline.precision.frozen``).
+    pass are frozen. ``model`` should be frozen (``pipeline.model.precision.frozen``).
     """
     check_step(lr, step_rule, steps)
     check_precision(precision)

@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import archive
+from pipeline.data import archive
 from pipeline.errors import ConfigError, DataError
-from pipeline.fetch import sha256_file
+from pipeline.data.fetch import sha256_file
 from pipeline.files import atomic_path
 
 CACHE_VERSION = 1

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.models import ImageClassifier
-from pipeline.precision import as_input, check_precision, forward
+from pipeline.model.architectures import ImageClassifier
+from pipeline.model.precision import as_input, check_precision, forward
 
 
 class Saliency:
@@ -102,9 +102,7 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 
 def baseline_like(model: ImageClassifier, images: torch.Tensor) -> torch.Tensor:
     """The model's mean image (its per-channel mean for other sizes), broadcast to ``images``."""
-    mean = model.mean_image.detach().cpu()
-    if images.shape[-2:] != mean.shape[-2:]:
-        mean = mean.mean(dim=(1, 2), keepdim=True)
+    mean = model.mean_for(images.shape[-2:]).detach().cpu()
     return mean.to(as_float(images).dtype).expand(images.shape[1:])
 
 

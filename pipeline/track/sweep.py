@@ -3,7 +3,7 @@
 ``conf/config.yaml`` registers ``SweepParentRun`` as a Hydra callback. At the start of a multirun
 (``python -m pipeline.<job> -m key=a,b``) it creates the parent run in the job's experiment,
 named after the sweep, with the swept values as params, and exports its id in
-``PIPELINE_SWEEP_PARENT_RUN``; every child run that ``pipeline.tracking.start_run`` opens, in this
+``PIPELINE_SWEEP_PARENT_RUN``; every child run that ``pipeline.track.tracking.start_run`` opens, in this
 process or in a launcher's worker process (they inherit the environment), gets the
 ``mlflow.parentRunId`` tag. The MLflow UI then shows the sweep as one expandable row. With a
 parallel launcher (``n_jobs`` workers) each job gets ``cores / n_jobs`` torch threads.
@@ -24,8 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline import tracking
-from pipeline.errors import ConfigError
+from pipeline.track import tracking
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,6 @@ def swept(overrides: list[str]) -> dict[str, str]:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return {o.get_key_element().lstrip("+~"): item.partition("=")[2]
             for o, item in zip(parsed, overrides) if o.is_sweep_override()}
-
-
-def objective_value(cfg: DictConfig, result: object) -> object:
-    """What a job returns to Hydra: its metric ``cfg.objective`` as a float when set (optimising
-    sweepers need one number), else the job's own result."""
-    key = cfg.get("objective")
-    if not key:
-        return result
-    if not isinstance(result, dict) or key not in result:
-        names = ", ".join(sorted(result)) if isinstance(result, dict) else "none"
-        raise ConfigError(f"objective={key!r} is not a metric of this job; its metrics: {names}")
-    return float(result[key])
 
 
 def best_child(children: list, metric: str, minimize: bool):

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import torch
 
-from pipeline.classifier import load_classifier, pick_device
-from pipeline.data import PreparedData, load_prepared
+from pipeline.model.checkpoint import load_classifier, pick_device
+from pipeline.data.cache import PreparedData, load_prepared
 from pipeline.errors import ConfigError, DataError
-from pipeline.models import ImageClassifier
-from pipeline.precision import check_precision, frozen, probabilities
+from pipeline.model.architectures import ImageClassifier
+from pipeline.model.precision import check_precision, frozen, probabilities
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Image optimisation as (parametrisation, objective, transforms, step rule) -> images, after Lucent."""

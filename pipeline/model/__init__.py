@@ -1,0 +1,1 @@
+"""The classifier under study: architectures, layers by name, the checkpoint file, training."""

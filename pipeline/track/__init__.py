@@ -1,0 +1,1 @@
+"""What a person sees of the runs: MLflow tracking, figures, job outputs, sweeps, compare, report."""

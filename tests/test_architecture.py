@@ -1,0 +1,168 @@
+"""The layout keeps its promises: DVC stages depend on every module they import, every registered job
+has a stage, and the package has no import circles and few import floors."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.job import primary_config
+from pipeline.registry import JOBS, VISUALIZATIONS
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FLOORS = 7
+
+
+def module_file(name: str) -> Path | None:
+    base = REPO / Path(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def is_trivial(path: Path) -> bool:
+    """A file that holds only a docstring cannot change what a stage computes."""
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+@functools.cache
+def imports_of(name: str) -> frozenset[str]:
+    """The ``pipeline`` modules that module ``name`` imports anywhere in its body (function-level
+    imports included, ``if TYPE_CHECKING:`` blocks not), as explicit edges."""
+    tree = ast.parse(module_file(name).read_text())
+    skipped = {id(n) for node in ast.walk(tree) if _type_checking_only(node) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "pipeline"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "pipeline":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if module_file(sub) else node.module)
+    return frozenset(m for m in found if module_file(m))
+
+
+def targets_in(config_text: str) -> set[str]:
+    """Modules named by ``_target_: pipeline....`` in a config file (imported by ``instantiate``)."""
+    found = set()
+    for dotted in re.findall(r"_target_:\s*(pipeline(?:\.\w+)+)", config_text):
+        parts = dotted.split(".")
+        while parts and not module_file(".".join(parts)):
+            parts.pop()
+        if parts:
+            found.add(".".join(parts))
+    return found
+
+
+def closure(roots: set[str]) -> set[str]:
+    """Every module executed when ``roots`` are imported: their imports, transitively, and the
+    packages (``__init__.py``) around each."""
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:k]) for k in range(1, len(parts))]
+        todo += imports_of(name)
+    return seen
+
+
+def stage_files(stage: dict) -> set[str]:
+    """Repo files a stage's command executes: the module of ``python -m <module>`` and what it imports."""
+    match = re.match(r"python -m ([\w.]+)", stage["cmd"])
+    assert match, f"stage command {stage['cmd']!r} is not `python -m <module>`"
+    roots = {match.group(1)}
+    for entry in stage.get("params", []):
+        for file in entry if isinstance(entry, dict) else []:
+            roots |= targets_in((REPO / file).read_text())
+    files = {module_file(m) for m in closure(roots)}
+    return {str(p.relative_to(REPO)) for p in files if not is_trivial(p)}
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@functools.cache
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def all_modules() -> list[str]:
+    return sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                  for p in (REPO / "pipeline").rglob("*.py"))
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_stage_deps_cover_every_module_it_imports(name):
+    stage = stages()[name]
+    missing = sorted(f for f in stage_files(stage) if not covered(f, stage.get("deps", [])))
+    assert not missing, (f"dvc.yaml stage {name!r} imports modules it does not list in deps, so editing them "
+                         f"would not rerun it: add {missing}")
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_stage_deps_list_no_code_it_does_not_run(name):
+    stage = stages()[name]
+    code = [d for d in stage.get("deps", []) if d.endswith(".py")]
+    extra = sorted(set(code) - stage_files(stage))
+    assert not extra, f"dvc.yaml stage {name!r} lists code it never imports (needless reruns): {extra}"
+
+
+@pytest.mark.parametrize("job", JOBS.values(), ids=list(JOBS))
+def test_every_registered_job_has_its_stage(job):
+    assert job.name in stages(), f"registered job {job.name!r} has no stage in dvc.yaml"
+    stage = stages()[job.name]
+    assert stage["cmd"] == job.command
+    assert set(job.outputs) <= set(stage.get("outs", []))
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+    assert job.metrics is None or job.metrics in metrics
+    assert module_file(f"pipeline.{job.name}"), f"no command module pipeline/{job.name}.py"
+    assert module_file(job.module) and primary_config(job.name) == job.config
+
+
+def test_every_stage_is_a_registered_job():
+    assert sorted(stages()) == sorted(JOBS)
+
+
+def test_report_depends_on_every_visualization():
+    deps = stages()["report"]["deps"]
+    for job in VISUALIZATIONS:
+        assert set(job.outputs) | {job.metrics} <= set(deps), job.name
+
+
+def test_no_import_circles_and_at_most_seven_floors():
+    modules = all_modules()
+    floors: dict[str, int] = {}
+
+    def floor(name: str, path: tuple[str, ...] = ()) -> int:
+        assert name not in path, "import circle: " + " -> ".join([*path[path.index(name):], name])
+        if name not in floors:
+            floors[name] = 1 + max((floor(m, (*path, name)) for m in imports_of(name)), default=0)
+        return floors[name]
+
+    highest = max(floor(m) for m in modules)
+    tops = [m for m in modules if floors[m] == highest]
+    assert highest <= MAX_FLOORS, f"{highest} import floors (at most {MAX_FLOORS}); the top: {tops}"
+
+
+def test_closure_walker_sees_function_level_imports_and_skips_type_checking(tmp_path):
+    tree = ast.parse("import typing\nif typing.TYPE_CHECKING:\n    from pipeline.errors import X\n")
+    assert _type_checking_only(tree.body[1])
+    assert "pipeline.model.checkpoint" in imports_of("pipeline.model.listing")
+    assert "pipeline.explain.saliency" in closure({"pipeline.saliency"})

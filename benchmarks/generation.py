@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -27,14 +28,21 @@ from pipeline.explain.class_viz import initial_images, shifted, visualize_classe
 from pipeline.explain.deepdream import activation_norm, dream, dream_layer  # noqa: E402
 from pipeline.data.images import fit_max_side  # noqa: E402
 from pipeline.explain.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
+from pipeline.explain.engine.regime import from_config  # noqa: E402
+from pipeline.explain.engine.render import item_seeds  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
+from pipeline.registry import JOBS  # noqa: E402
 from pipeline.explain.subject import load_subject  # noqa: E402
 
 
-def job_settings(name: str, section: str | None = "same"):
-    """conf/<name>.yaml as the jobs see it (Hydra's compose), or its section ``name``."""
-    cfg = compose_config(name)
-    return cfg if section is None else cfg[name]
+def job_settings(name: str, section: str | None = "same", **changes):
+    """The job's primary config as it sees it (Hydra's compose), or its section ``name`` with ``changes``."""
+    cfg = compose_config(JOBS[name].config if name in JOBS else name)
+    return cfg if section is None else OmegaConf.merge(cfg[name], changes)
+
+
+def regime(section, model):
+    return from_config(section.regime, center=model.mean_image.detach().cpu())
 
 
 def bare_loop(model, x: torch.Tensor, targets: torch.Tensor, steps: int, lr: float) -> None:
@@ -61,16 +69,16 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
 
     # ---------------------------------------------------------------- class_viz
-    c = job_settings("class_viz")
-    c.iterations, c.show_every = args.iterations, 0
+    c = job_settings("class_viz", iterations=args.iterations, show_every=0)
     classes = list(range(subject.data.num_classes))
     started = time.perf_counter()
-    images = visualize_classes(model, classes, c, seed=0, progress=False).images.cpu()
+    images = visualize_classes(model, classes, regime(c, model), seed=0, init_std=c.init_std,
+                               progress=False).images.cpu()
     t_batched = time.perf_counter() - started
     singles = classes[: args.single_classes]
     started = time.perf_counter()
     for k in singles:
-        visualize_classes(model, [k], c, seed=0, progress=False)
+        visualize_classes(model, [k], regime(c, model), seed=0, init_std=c.init_std, progress=False)
     t_single = (time.perf_counter() - started) / len(singles) * len(classes)
     target = torch.tensor(classes)
     saved = images.round().clamp(0, 255)
@@ -88,11 +96,10 @@ def main() -> None:
 
     # ---------------------------------------------------------------- engine overhead
     n = args.overhead_steps
-    x0 = initial_images(model.mean_image.cpu(), classes, float(c.init_std), 0)
-    c_short = c.copy()
-    c_short.iterations = n
+    x0 = initial_images(model.mean_image.cpu(), item_seeds(0, classes), float(c.init_std))
+    c_short = OmegaConf.merge(c, {"iterations": n})
     started = time.perf_counter()
-    visualize_classes(model, classes, c_short, seed=0, progress=False)
+    visualize_classes(model, classes, regime(c_short, model), seed=0, init_std=c.init_std, progress=False)
     t_engine = time.perf_counter() - started
     started = time.perf_counter()
     bare_loop(model, x0, target, n, 1.0)
@@ -101,14 +108,13 @@ def main() -> None:
           f"{t_bare / n * 1000:.1f} ms/step = {t_engine / t_bare:.3f}x (target <= 1.2)")
 
     # ---------------------------------------------------------------- inversion
-    inv = job_settings("inversion")
-    inv.show_every = 0
+    inv = job_settings("inversion", show_every=0)
     layers = layer_list(inv.layers, model)
     shallow, deep = named_layer(inv.shallow_layer, model, 3), named_layer(inv.deep_layer, model, 6)
     val = subject.data.split("val")
     image = val.images[int(inv.val_index)].float()
     started = time.perf_counter()
-    result, errors = invert(model, image, layers, inv, seed=0, progress=False)
+    result, errors = invert(model, image, layers, regime(inv, model), seed=0, init_std=inv.init_std, progress=False)
     t_inv = time.perf_counter() - started
     quality = psnr(result.images.cpu().round().clamp(0, 255), image[None].expand(len(layers), -1, -1, -1))
     print(f"\ninversion of val image {inv.val_index}, {len(layers)} layers in one batch, {inv.iterations} iterations: "
@@ -119,13 +125,13 @@ def main() -> None:
     print("  targets: shallow PSNR >= 20 dB, normalised error <= 0.05")
 
     # ---------------------------------------------------------------- deepdream
-    dd = job_settings("deepdream")
-    dd.show_every = 0
+    dd = job_settings("deepdream", show_every=0)
     layer = dream_layer(dd.layer, model)
     picture = fit_max_side(val.images[int(dd.val_index)].float(), dd.max_side)
     before = activation_norm(model, picture, layer)
     started = time.perf_counter()
-    dreamed = dream(model, picture, layer, dd, seed=0, progress=False)
+    dreamed = dream(model, picture, layer, regime(dd, model), octaves=dd.octaves, octave_scale=dd.octave_scale,
+                    seed=0, progress=False)
     t_dd = time.perf_counter() - started
     after = activation_norm(model, dreamed.round().clamp(0, 255), layer)
     print(f"\ndeepdream on {model.layer_names[layer]}, {picture.shape[2]}x{picture.shape[1]} px, {dd.octaves} octaves x "

@@ -27,11 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.explain.attribution.methods import Saliency  # noqa: E402
+from pipeline.explain.attribution.gradient import Saliency  # noqa: E402
 from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks, spearman  # noqa: E402
 from pipeline.explain.fooling import make_fooling_images, random_other_classes  # noqa: E402
 from pipeline.data.selection import select_images  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
+from pipeline.registry import JOBS  # noqa: E402
 from pipeline.explain.subject import load_subject  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_config("config")
-    fooling_cfg = compose_config("fooling").fooling
+    fooling_cfg = compose_config(JOBS["fooling"].config).fooling
     subject = load_subject(cfg, "auto", "fp32")
     model = subject.model
     print(f"model: {subject.meta['arch']['arch']} ({subject.meta.get('source')}, val accuracy "

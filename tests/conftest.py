@@ -18,6 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_ZIP = REPO.parent / "shared" / "data" / "tiny-imagenet-100-A.zip"
 
 
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    """Jobs log to the store a test names, never to one a developer's shell exports."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def synthetic_zip(tmp_path):
     path = tmp_path / "tiny-imagenet-100-A.zip"

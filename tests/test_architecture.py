@@ -87,9 +87,11 @@ def stage_files(stage: dict) -> set[str]:
     match = re.match(r"python -m ([\w.]+)", stage["cmd"])
     assert match, f"stage command {stage['cmd']!r} is not `python -m <module>`"
     roots = {match.group(1)}
-    for entry in stage.get("params", []):
-        for file in entry if isinstance(entry, dict) else []:
-            roots |= targets_in((REPO / file).read_text())
+    configs = [file for entry in stage.get("params", []) for file in (entry if isinstance(entry, dict) else [])]
+    configs += [d for d in stage.get("deps", []) if d.startswith("conf/")]  # read at run time (conf/attribution)
+    for path in (REPO / c for c in configs):
+        for file in sorted(path.rglob("*.yaml")) if path.is_dir() else [path]:
+            roots |= targets_in(file.read_text())
     files = {module_file(m) for m in closure(roots)}
     return {str(p.relative_to(REPO)) for p in files if not is_trivial(p)}
 

@@ -89,11 +89,6 @@ def test_merge_histories_weights_by_active_images():
 # --------------------------------------------------------------------------- job
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 SMALL = ["fooling.images.n=null", "fooling.max_iterations=200", "fooling.lr=2.0", "fooling.batch_size=2",
          "fooling.show_every=5"]
 

@@ -12,19 +12,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.explain import class_viz, deepdream, inversion
+from pipeline.explain.engine.regime import from_config
+from pipeline.job import compose_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.data.images import center_square, fit_max_side, read_image
 from pipeline.model.architectures import UnknownLayerError, build_model, reference_layer
 from pipeline.model.precision import frozen
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture(scope="module")
 def model():
+    torch.manual_seed(0)  # the same tiny net whatever ran before (batched-vs-single tolerances depend on it)
     net, _ = tiny_classifier(num_classes=4, mean_image=torch.rand(3, 64, 64) * 100 + 80)
     return frozen(net, "cpu")
 
@@ -69,19 +67,20 @@ def read_image_bytes(data: bytes) -> torch.Tensor:
 # --------------------------------------------------------------------------- class_viz
 
 
-def viz_settings(**kw):
-    base = OmegaConf.load(REPO / "conf" / "class_viz" / "default.yaml")
-    base.update({"iterations": 6, "show_every": 0, **kw})
-    return base
+def regime_for(job, model, **kw):
+    """The job's regime as its config builds it, with ``kw`` changed."""
+    section = OmegaConf.merge(compose_config(job)[job], {"show_every": 0, **kw})
+    return from_config(section.regime, center=model.mean_image.cpu())
 
 
 def test_class_viz_batched_equals_one_at_a_time(model):
-    c = viz_settings()
-    batched = class_viz.visualize_classes(model, [0, 2, 3], c, seed=1).images
+    regime = regime_for("class_viz", model, iterations=6)
+    batched = class_viz.visualize_classes(model, [0, 2, 3], regime, seed=1, init_std=10.0).images
     for k, cls in enumerate([0, 2, 3]):
-        single = class_viz.visualize_classes(model, [cls], c, seed=1).images
-        assert torch.allclose(single[0], batched[k], atol=1e-2)
-    result = class_viz.visualize_classes(model, [1], viz_settings(iterations=30, lr=3.0), seed=0)
+        single = class_viz.visualize_classes(model, [cls], regime, seed=1, init_std=10.0).images
+        assert torch.allclose(single[0], batched[k], atol=1e-2), (single[0] - batched[k]).abs().max()
+    result = class_viz.visualize_classes(model, [1], regime_for("class_viz", model, iterations=30, lr=3.0), seed=0,
+                                         init_std=10.0)
     assert result.history[-1]["score"] > result.history[0]["score"]
     assert result.images.min() >= 0 and result.images.max() <= 255
 
@@ -150,12 +149,10 @@ def test_inversion_job_by_depth(subject_files, tmp_path):
 
 
 def test_inversion_lowers_the_feature_error(model):
-    c = OmegaConf.create({"iterations": 40, "step": "adam", "lr": 4.0, "l2": 0.0, "tv": 0.0, "blur": "none",
-                          "blur_every": 1, "blur_sigma": 0.5, "jitter": 0, "init_std": 10.0, "precision": "fp32",
-                          "show_every": 0})
+    regime = regime_for("inversion", model, iterations=40, lr=4.0, tv=0.0)
     image = torch.rand(3, 64, 64) * 255
-    result, errors = inversion.invert(model, image, [0, 1], c, seed=0)
-    assert all(e < 0.5 * h for e, h in zip(errors, [result.history[0]["feature_error"]] * 2))
+    result, errors = inversion.invert(model, image, [0, 1], regime, seed=0, init_std=10.0)
+    assert all(e < 0.5 * h for e, h in zip(errors, [-result.history[0]["feature_error"]] * 2))
 
 
 @pytest.mark.parametrize("override, error, message", [

@@ -24,11 +24,6 @@ def job_cfg(tmp_path, *overrides):
             "data.download.backoff=0.01", "data.download.retries=1", "progress=false", *overrides])
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_download_then_prepare_records_everything(http_server, synthetic_zip, tmp_path):
     path, expected = synthetic_zip
     http_server.add("/tiny-imagenet-100-A.zip", Route(path.read_bytes()))

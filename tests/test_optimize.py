@@ -7,8 +7,10 @@ from conftest import tiny_classifier
 
 from pipeline.track import tracking
 from pipeline.errors import ConfigError
-from pipeline.explain.engine.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, TotalVariation
-from pipeline.explain.engine.render import optimize
+from pipeline.explain.engine.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, Probe, TotalVariation
+from pipeline.explain.engine.regime import Regime, build
+from pipeline.explain.engine.render import item_seeds, optimize
+from pipeline.explain.engine.steps import step_rule
 from pipeline.model.precision import frozen
 from pipeline.explain.engine.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip, GaussianBlur, Jitter, Quantize
 
@@ -17,6 +19,15 @@ from pipeline.explain.engine.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip
 def model():
     net, _ = tiny_classifier(num_classes=4, mean_image=torch.full((3, 32, 32), 120.0))
     return frozen(net, "cpu")
+
+
+def regime(steps, lr, rule="raw", transforms=(), constraints=(), **kwargs):
+    return Regime(steps=steps, step=step_rule(rule, lr), transforms=list(transforms), constraints=list(constraints),
+                  **kwargs)
+
+
+def value(objective, x, index):
+    return objective.evaluate(Probe(None, x, x, index)).total
 
 
 def pixels(n=3, size=32, seed=0):
@@ -78,19 +89,24 @@ def test_clip_and_quantize_bounds():
     assert Quantize()(Clip()(x)).flatten().tolist() == [0.0, 0.0, 255.0, 255.0]
 
 
-def test_regularizers():
+def test_priors_and_the_algebra():
     x = pixels(2)
-    assert torch.allclose(L2(0.5)(x, torch.arange(2)), 0.5 * (x ** 2).flatten(1).sum(1))
+    index = torch.arange(2)
+    assert torch.allclose(value(0.5 * L2(), x, index), 0.5 * (x ** 2).flatten(1).sum(1))
     centers = x + 1.0
-    pulled = L2(2.0, centers, per_image=True)
-    assert torch.allclose(pulled(x, torch.arange(2)), torch.full((2,), 2.0 * x[0].numel()))
-    assert torch.allclose(pulled(x[1:], torch.tensor([1])), torch.full((1,), 2.0 * x[0].numel()))  # by index
+    pulled = 2.0 * L2(centers, per_image=True)
+    assert torch.allclose(value(pulled, x, index), torch.full((2,), 2.0 * x[0].numel()))
+    assert torch.allclose(value(pulled, x[1:], torch.tensor([1])), torch.full((1,), 2.0 * x[0].numel()))  # by index
     flat = torch.full((1, 3, 8, 8), 7.0)
-    assert TotalVariation(1.0)(flat, torch.arange(1)).item() == 0
+    assert value(TotalVariation(), flat, torch.arange(1)).item() == 0
     ramp = torch.arange(8.0).expand(1, 3, 8, 8)
-    assert TotalVariation(1.0)(ramp, torch.arange(1)).item() == pytest.approx(3 * 7 * 7)
+    assert value(TotalVariation(), ramp, torch.arange(1)).item() == pytest.approx(3 * 7 * 7)
+    combined = L2() - 0.5 * TotalVariation() + 2 * (-L2())
+    terms = combined.evaluate(Probe(None, ramp, ramp, torch.arange(1))).terms
+    assert list(terms) == ["l2", "tv", "l2_2"]  # every part logged under its own name
+    assert value(combined, ramp, torch.arange(1)).item() == pytest.approx(-(ramp ** 2).sum().item() - 0.5 * 147)
     with pytest.raises(ConfigError):
-        L2(-1.0)
+        build(iterations=1, step="adam", lr=1.0, l2=-1.0)
 
 
 # --------------------------------------------------------------------------- engine
@@ -98,18 +114,17 @@ def test_regularizers():
 
 def test_loss_decreases_and_objectives_report_metrics(model):
     x = pixels(2)
-    result = optimize(model, x, ClassScore(torch.tensor([1, 2])), steps=15, lr=2.0, step_rule="normalized",
-                      constraints=[Clip()], transforms=[Jitter(2)], regularizers=[L2(1e-6), TotalVariation(1e-6)])
+    objective = ClassScore(torch.tensor([1, 2])) - 1e-6 * L2() - 1e-6 * TotalVariation()
+    result = optimize(model, x, objective, regime(15, 2.0, "normalized", [Jitter(2)], [Clip()]))
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 15 and losses[-1] < losses[0]
     assert {"class_score", "l2", "tv", "score", "target_prob", "active"} <= set(result.history[0])
     assert result.steps.tolist() == [15, 15] and not result.stopped.any()
     assert result.images.min() >= 0 and result.images.max() <= 255
     target = model(x, end="stage1.block1").detach()
-    inverted = optimize(model, pixels(1, seed=3), FeatureMatch("stage1.block1", target[:1]), steps=20, lr=0.05,
-                        step_rule="adam")
-    assert inverted.history[-1]["feature_error"] < inverted.history[0]["feature_error"]
-    dream = optimize(model, x[:1], ActivationNorm("stage2.block1"), steps=5, lr=1.0, step_rule="normalized")
+    inverted = optimize(model, pixels(1, seed=3), FeatureMatch("stage1.block1", target[:1]), regime(20, 0.05, "adam"))
+    assert inverted.history[-1]["feature_error"] > inverted.history[0]["feature_error"]  # -error, maximised
+    dream = optimize(model, x[:1], ActivationNorm("stage2.block1"), regime(5, 1.0, "normalized"))
     assert dream.history[-1]["activation_norm"] > dream.history[0]["activation_norm"]
 
 
@@ -117,11 +132,11 @@ def test_each_image_stops_on_its_own(model):
     x = pixels(3)
     calls = []
 
-    def stop(evaluation, index):  # image 1 is done at once, image 2 after its third update
-        calls.append(index.tolist())
-        return torch.tensor([i == 1 or (i == 2 and len(calls) > 3) for i in index.tolist()])
+    def stop(probe):  # image 1 is done at once, image 2 after its third update
+        calls.append(probe.index.tolist())
+        return torch.tensor([i == 1 or (i == 2 and len(calls) > 3) for i in probe.index.tolist()])
 
-    result = optimize(model, x, ClassScore(torch.tensor([0, 1, 2])), steps=6, lr=1.0, step_rule="sign", stop=stop)
+    result = optimize(model, x, ClassScore(torch.tensor([0, 1, 2])), regime(6, 1.0, "sign"), stop=stop)
     assert result.stopped.tolist() == [False, True, True]
     assert result.steps.tolist() == [6, 0, 3]
     assert torch.equal(result.images[1], x[1])  # a stopped image is never touched
@@ -133,43 +148,61 @@ def test_batched_equals_one_at_a_time(model):
     x = pixels(3)
     targets = torch.tensor([3, 0, 1])
     seeds = [11, 12, 13]
-    kwargs = dict(steps=8, lr=3.0, step_rule="normalized", transforms=[Jitter(3)], constraints=[Clip(), Blur(every=2)],
-                  regularizers=[L2(1e-5)])
-    batched = optimize(model, x, ClassScore(targets), seeds=seeds, **kwargs)
+    steps = regime(8, 3.0, "normalized", [Jitter(3)], [Clip(), Blur(every=2)])
+    batched = optimize(model, x, ClassScore(targets) - 1e-5 * L2(), steps, seeds=seeds)
     for i in range(3):
-        single = optimize(model, x[i:i + 1], ClassScore(targets[i:i + 1]), seeds=seeds[i:i + 1], **kwargs)
+        single = optimize(model, x[i:i + 1], ClassScore(targets[i:i + 1]) - 1e-5 * L2(), steps, seeds=seeds[i:i + 1])
         assert torch.allclose(single.images[0], batched.images[i], atol=1e-3)
-    again = optimize(model, x, ClassScore(targets), seeds=seeds, **kwargs)
+    again = optimize(model, x, ClassScore(targets) - 1e-5 * L2(), steps, seeds=seeds)
     assert torch.equal(again.images, batched.images)  # deterministic on CPU
 
 
 def test_step_rules(model):
     x = pixels(2)
-    sign = optimize(model, x, ClassScore(torch.tensor([0, 1])), steps=1, lr=2.0, step_rule="sign")
+    sign = optimize(model, x, ClassScore(torch.tensor([0, 1])), regime(1, 2.0, "sign"))
     moved = (sign.images - x).abs()
     assert bool((((moved - 2).abs() < 1e-4) | (moved < 1e-4)).all()) and float(moved.mean()) > 1.9
-    norm = optimize(model, x, ClassScore(torch.tensor([0, 1])), steps=1, lr=5.0, step_rule="normalized")
+    norm = optimize(model, x, ClassScore(torch.tensor([0, 1])), regime(1, 5.0, "normalized"))
     assert torch.allclose((norm.images - x).flatten(1).norm(dim=1), torch.tensor([5.0, 5.0]), rtol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lr": 0.0}, "must be > 0"), ({"lr": -1.0}, "must be > 0"), ({"step_rule": "newton"}, "unknown step rule"),
-    ({"steps": -1}, ">= 0"), ({"precision": "fp8"}, "unknown precision"), ({"seeds": [1]}, "seeds"),
+    ({"lr": 0.0}, "must be > 0"), ({"lr": -1.0}, "must be > 0"), ({"step": "newton"}, "unknown step rule"),
+    ({"iterations": -1}, ">= 0"), ({"precision": "fp8"}, "unknown precision"), ({"blur": "box"}, "unknown blur"),
+    ({"blur": "gaussian", "blur_sigma": 0}, "sigma"), ({"jitter": -2}, "jitter"),
 ])
-def test_bad_settings_fail_clearly(model, kwargs, message):
-    options = {"steps": 2, "lr": 1.0, **kwargs}
+def test_bad_settings_fail_clearly(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), **options)
+        build(**{"iterations": 2, "step": "adam", "lr": 1.0, **kwargs})
 
 
-def test_step_logger_sends_steps_and_snapshots_to_mlflow(model, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it: undone after
+def test_seeds_must_match_the_batch(model):
+    with pytest.raises(ConfigError, match="seeds"):
+        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), regime(2, 1.0), seeds=[1])
+    assert item_seeds(0, [3, 5]) == [3, 5] and item_seeds(2, [3]) != item_seeds(1, [3])
+
+
+def test_regime_from_the_shared_preset_is_built_once_from_config():
+    from omegaconf import OmegaConf
+
+    from pipeline.explain.engine.regime import from_config
+    from pipeline.job import compose_config
+
+    for job in ("class_viz", "inversion", "deepdream"):
+        section = compose_config(job)[job]
+        built = from_config(section.regime, center=torch.zeros(3, 64, 64))
+        assert built.steps == section.iterations and built.step.lr == section.lr and built.step.name == section.step
+    bad = OmegaConf.merge(compose_config("class_viz").class_viz, {"lr": -3})
+    with pytest.raises(ConfigError, match="must be > 0"):
+        from_config(bad.regime)
+
+
+def test_step_logger_sends_steps_and_snapshots_to_mlflow(model, tmp_path):
     tracking.use_store(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("steps")  # not whatever experiment an earlier test left selected
     with mlflow.start_run() as run, tracking.StepLogger(prefix="viz.", key="evolution", flush_every=2,
                                                         render=lambda x: x[0].permute(1, 2, 0).byte().numpy()) as log:
-        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), steps=5, lr=1.0, step_rule="sign", log=log,
-                 show_every=2)
+        optimize(model, pixels(2), ClassScore(torch.tensor([0, 1])), regime(5, 1.0, "sign", show_every=2), log=log)
     client = mlflow.MlflowClient()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "viz.loss")] == [0, 1, 2, 3, 4]
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]

@@ -10,7 +10,11 @@ import torch
 from conftest import REPO, job_config, tiny_classifier
 
 from pipeline.explain import saliency
-from pipeline.explain.attribution.methods import GradientXInput, IntegratedGradients, Saliency, SmoothGrad, make_method
+from pipeline.explain.attribution.gradient import Saliency
+from pipeline.explain.attribution.gradient_x_input import GradientXInput
+from pipeline.explain.attribution.integrated_gradients import IntegratedGradients
+from pipeline.explain.attribution.registry import available, factory
+from pipeline.explain.attribution.smoothgrad import SmoothGrad
 from pipeline.errors import ConfigError
 from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, spearman
 from pipeline.model.precision import frozen
@@ -66,8 +70,21 @@ def test_variants(model64):
     scores = model(x).gather(1, targets[:, None])[:, 0]
     base = model(model.mean_image.expand_as(x).clone()).gather(1, targets[:, None])[:, 0]
     assert torch.allclose(ig.flatten(1).sum(1), scores - base, rtol=0.02, atol=0.02 * float((scores - base).abs().max()))
-    with pytest.raises(ConfigError, match="unknown saliency method"):
-        make_method("occlusion", model)
+    with pytest.raises(ConfigError, match="unknown saliency method 'magic'"):
+        factory("magic")
+    with pytest.raises(ConfigError, match="samples >= 1"):
+        factory("smoothgrad", {"samples": 0})(model)
+
+
+def test_every_method_config_builds_its_method(model64):
+    model, _ = model64
+    assert {"gradient", "smoothgrad", "gradient_x_input", "integrated_gradients"} <= set(available())
+    x, targets = images(2), torch.tensor([1, 0])
+    for name in available():
+        method = factory(name, {"samples": 2} if name == "smoothgrad" else {}, batch_size=1, seed=3)(model)
+        assert method.maps(x, targets).shape == (2, *x.shape[-2:]), name
+    custom = factory({"_target_": "pipeline.explain.attribution.smoothgrad.SmoothGrad", "samples": 1, "noise": 0.0})
+    assert torch.allclose(custom(model).attribute(x, targets), Saliency(model).gradients(x, targets))
 
 
 def test_bf16_maps_rank_like_fp32(model64):
@@ -105,11 +122,6 @@ def test_faithfulness_pieces(model64):
 # --------------------------------------------------------------------------- job
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 SMALL = ["saliency.views.confident.min_confidence=0.0", "saliency.views.confident.n=2",
          "saliency.evaluation.n=8", "saliency.evaluation.steps=4", "saliency.evaluation.sanity_images=4"]
 
@@ -133,7 +145,7 @@ def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
 
 def test_job_variants_and_named_classes(subject_files, tmp_path):
     metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL, "saliency.method=smoothgrad",
-                                      "saliency.smoothgrad.samples=2", "saliency.target=bullfrog",
+                                      "+saliency.options.samples=2", "saliency.target=bullfrog",
                                       "saliency.evaluation.sanity_images=0", "saliency.precision=bf16",
                                       "+saliency.views.frogs={select: class, class: bullfrog, n: 2}"))
     assert "sanity_spearman" not in metrics and (tmp_path / "results" / "saliency" / "frogs.png").is_file()
@@ -143,7 +155,7 @@ def test_job_variants_and_named_classes(subject_files, tmp_path):
     ("saliency.target=bulfrog", "unknown class 'bulfrog'; did you mean 'bullfrog'"),
     ("saliency.views.random.n=1000", "only 24"),
     ("+saliency.views.mine={select: indices, indices: [3, 99]}", "index 99 out of range 0..23"),
-    ("saliency.method=occlusion", "unknown saliency method"),
+    ("saliency.method=magic", "unknown saliency method"),
     ("saliency.views.random.select=best", "unknown image selection"),
     ("saliency.precision=fp16", "unknown precision"),
 ])

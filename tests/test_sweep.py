@@ -24,8 +24,7 @@ def deepdream_sweep(subject_files, tmp_path, *args: str) -> subprocess.Completed
 
 
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
-def test_multirun_parent_children_and_compare(subject_files, tmp_path, monkeypatch, capsys, launcher):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_multirun_parent_children_and_compare(subject_files, tmp_path, capsys, launcher):
     db = f"sqlite:///{tmp_path}/mlflow.db"
     result = deepdream_sweep(subject_files, tmp_path, f"hydra/launcher={launcher}", "deepdream.lr=1,2",
                              "deepdream.iterations=2")
@@ -47,8 +46,7 @@ def test_multirun_parent_children_and_compare(subject_files, tmp_path, monkeypat
     assert compare.main([parent[0].info.run_id, "--uri", db, "--out", str(tmp_path / "again.png")]) == 0
 
 
-def test_a_failing_configuration_marks_the_sweep_failed(subject_files, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_failing_configuration_marks_the_sweep_failed(subject_files, tmp_path):
     db = f"sqlite:///{tmp_path}/mlflow.db"
     result = deepdream_sweep(subject_files, tmp_path, "deepdream.lr=1,-1", "deepdream.iterations=1")
     assert result.returncode == 1 and "deepdream: error: step size (lr) must be > 0" in result.stderr
@@ -58,12 +56,11 @@ def test_a_failing_configuration_marks_the_sweep_failed(subject_files, tmp_path,
     assert len(parent) == 1 and parent[0].info.status == "FAILED"
 
 
-def test_optuna_search_maximises_a_job_metric(subject_files, tmp_path, monkeypatch):
+def test_optuna_search_maximises_a_job_metric(subject_files, tmp_path):
     """hydra/sweeper=optuna + objective=<metric>: the job returns the metric, the parent run logs the best."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import yaml
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     db = f"sqlite:///{tmp_path}/mlflow.db"
     result = deepdream_sweep(subject_files, tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
                              "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0",

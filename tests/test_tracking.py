@@ -11,8 +11,7 @@ from pipeline.job import CONF_DIR
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def cfg(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "seed=3",
                                                         "tracking.experiment_prefix=test-"])
@@ -58,7 +57,6 @@ def test_unreachable_server_fails_before_work(cfg, monkeypatch):
 
 
 def test_uri_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.resolve_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     assert tracking.resolve_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
@@ -73,7 +71,6 @@ def test_flatten():
 
 
 def test_credentials_in_urls_are_not_recorded(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("CS231N_MIRROR", "https://alice:s3cret@mirror.example")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])

@@ -45,11 +45,6 @@ def job_cfg(prepared, out, *overrides):
             f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *tiny, *overrides])
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     metrics = train.run(job_cfg(prepared, tmp_path))
     saved = json.loads((tmp_path / "metrics" / "train.json").read_text())

@@ -21,7 +21,8 @@ from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
 from pipeline.explain.engine.objectives import ClassScore
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
-from pipeline.explain.engine.render import Result, StepLog, optimize, regime
+from pipeline.explain.engine.regime import Regime, from_config
+from pipeline.explain.engine.render import Result, StepLog, item_seeds, optimize
 from pipeline.explain.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -36,23 +37,22 @@ def target_classes(spec, subject: Subject) -> list[int]:
     return [subject.data.class_index(c) for c in items]
 
 
-def initial_images(mean_image: torch.Tensor, classes: list[int], std: float, seed: int) -> torch.Tensor:
-    """Mean image + noise, the noise of class k drawn from its own seed (same start in any batch)."""
+def initial_images(mean_image: torch.Tensor, seeds: list[int], std: float) -> torch.Tensor:
+    """Mean image + noise, one image per seed (an item's own seed: the same start in any batch)."""
     if std < 0:
         raise ConfigError(f"init_std must be >= 0, got {std}")
-    noise = [torch.randn(mean_image.shape, generator=torch.Generator().manual_seed(seed * 100003 + k)) for k in classes]
+    noise = [torch.randn(mean_image.shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     return (mean_image + std * torch.stack(noise)).clamp(0, 255)
 
 
-def visualize_classes(model: ImageClassifier, classes: list[int], c: DictConfig, *, seed: int,
+def visualize_classes(model: ImageClassifier, classes: list[int], regime: Regime, *, seed: int, init_std: float,
                       progress: bool | None = None, log: StepLog | None = None) -> Result:
-    mean = model.mean_image.detach().cpu()
-    options = regime(c, mean)
-    init = initial_images(mean, classes, c.init_std, seed)
-    device = model.mean_image.device
-    return optimize(model, init.to(device), ClassScore(torch.tensor(classes)), steps=c.iterations, lr=c.lr,
-                    step_rule=c.step, seeds=[seed * 100003 + k for k in classes], precision=c.precision,
-                    progress=progress, desc="class_viz", log=log, show_every=c.show_every, **options)
+    """One image per class from noise, all classes in one batch: maximise S_y under ``regime``."""
+    seeds = item_seeds(seed, classes)
+    init = initial_images(model.mean_image.detach().cpu(), seeds, init_std)
+    objective = regime.objective(ClassScore(torch.tensor(classes)))
+    return optimize(model, init.to(model.mean_image.device), objective, regime, seeds=seeds, progress=progress,
+                    desc="class_viz", log=log)
 
 
 def shifted(images: torch.Tensor, pixels: int, seed: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"class_viz.batch_size must be >= 1, got {c.batch_size}")
     subject = load_subject(cfg, c.device, c.precision)
     classes = target_classes(c.classes, subject)
-    regime(c, subject.model.mean_image.cpu())  # bad settings fail before the run starts
+    regime = from_config(c.regime, center=subject.model.mean_image.detach().cpu())  # fails before the run starts
     with job_outputs(cfg, "class_viz", subject) as tmp:
         started = time.perf_counter()
         images = []
@@ -78,8 +78,8 @@ def run(cfg: DictConfig) -> dict:
             with tracking.StepLogger(prefix="" if lo == 0 else f"batch{lo // int(c.batch_size)}.",
                                      key="class_viz_evolution",
                                      render=lambda x: figures.grid(x[:36], scale=1, pad=2)) as steps_log:
-                images.append(visualize_classes(subject.model, chunk, c, seed=cfg.seed, progress=cfg.progress,
-                                                log=steps_log).images.cpu())
+                images.append(visualize_classes(subject.model, chunk, regime, seed=cfg.seed, init_std=c.init_std,
+                                                progress=cfg.progress, log=steps_log).images.cpu())
         seconds = time.perf_counter() - started
         images = torch.cat(images)
         target = torch.tensor(classes)

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
-from pipeline.data.images import fit_max_side, read_image, resize
+from pipeline.data.images import fit_max_side, resize
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier, reference_layer
 from pipeline.explain.engine.objectives import ActivationNorm
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
-from pipeline.explain.engine.render import check_step, optimize
-from pipeline.explain.subject import Subject, load_subject
-from pipeline.explain.engine.transforms import Clip, Jitter
+from pipeline.explain.engine.regime import Regime, from_config
+from pipeline.explain.engine.render import item_seeds, optimize
+from pipeline.explain.subject import load_subject
 
 log = logging.getLogger(__name__)
 
@@ -51,64 +50,43 @@ def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tu
     return sizes
 
 
-class _Offset:
-    """A step log that continues the step count across octaves."""
-
-    def __init__(self, log, offset: int):
-        self.log, self.offset = log, offset
-
-    def metrics(self, step, values):
-        self.log.metrics(step + self.offset, values)
-
-    def images(self, step, images):
-        self.log.images(step + self.offset, images)
-
-
-def dream(model: ImageClassifier, image: torch.Tensor, layer: int, c: DictConfig, *, seed: int,
-          progress: bool | None = None, log=None) -> torch.Tensor:
+def dream(model: ImageClassifier, image: torch.Tensor, layer: int, regime: Regime, *, octaves: int,
+          octave_scale: float, seed: int, progress: bool | None = None, log=None) -> torch.Tensor:
     """DeepDream of one (3, H, W) pixel image; returns the dreamed image at full size."""
-    check_step(c.lr, c.step, c.iterations)
     device = model.mean_image.device
-    sizes = octave_sizes(image.shape[1], image.shape[2], c.octaves, c.octave_scale)
+    sizes = octave_sizes(image.shape[1], image.shape[2], octaves, octave_scale)
+    objective = regime.objective(ActivationNorm(layer))
     detail = None
-    for k, size in enumerate(sizes):
+    for k, (size, octave_seed) in enumerate(zip(sizes, item_seeds(seed, range(len(sizes))))):
         base = resize(image, size)
         start = base if detail is None else (base + resize(detail, size)).clamp(0, 255)
-        result = optimize(model, start[None].to(device), ActivationNorm(layer), steps=c.iterations, lr=c.lr,
-                          step_rule=c.step, transforms=[Jitter(c.jitter)], constraints=[Clip(0.0, 255.0)],
-                          seeds=[seed * 7919 + k], precision=c.precision, progress=progress,
-                          desc=f"deepdream octave {k + 1}/{len(sizes)}",
-                          log=None if log is None else _Offset(log, k * int(c.iterations)), show_every=c.show_every)
+        result = optimize(model, start[None].to(device), objective, regime, seeds=[octave_seed], progress=progress,
+                          desc=f"deepdream octave {k + 1}/{len(sizes)}", log=log, step_offset=k * regime.steps)
         dreamed = result.images[0].cpu()
         detail = dreamed - base
     return dreamed
 
 
-def source_image(c: DictConfig, subject: Subject) -> tuple[torch.Tensor, str]:
-    if c.get("image"):
-        return fit_max_side(read_image(c.image), c.max_side), Path(str(c.image)).name
-    image, caption = subject.val_image(c.val_index)
-    return fit_max_side(image, c.max_side), caption
-
-
 @torch.no_grad()
 def activation_norm(model: ImageClassifier, image: torch.Tensor, layer: int) -> float:
-    return float(model(image[None].to(model.mean_image.device), end=layer).float().norm())
+    return float(model.features(image[None].to(model.mean_image.device), [layer])[layer].float().norm())
 
 
 def run(cfg: DictConfig) -> dict:
     c = cfg.deepdream
-    check_step(c.lr, c.step, c.iterations)
     subject = load_subject(cfg, c.device, c.precision)
     model = subject.model
+    regime = from_config(c.regime, center=model.mean_image.detach().cpu())
     layer = dream_layer(c.layer, model)
-    image, caption = source_image(c, subject)
+    image, caption = subject.source_image(c.image, c.val_index)
+    image = fit_max_side(image, c.max_side)
     octave_sizes(image.shape[1], image.shape[2], c.octaves, c.octave_scale)
     with job_outputs(cfg, "deepdream", subject, tags={"layer": model.layer_names[layer]}) as tmp:
         before = activation_norm(model, image, layer)
         started = time.perf_counter()
         with tracking.StepLogger(key="deepdream_frames", render=lambda x: figures.to_uint8_hwc(x[0])) as frames:
-            dreamed = dream(model, image, layer, c, seed=cfg.seed, progress=cfg.progress, log=frames)
+            dreamed = dream(model, image, layer, regime, octaves=c.octaves, octave_scale=c.octave_scale,
+                            seed=cfg.seed, progress=cfg.progress, log=frames)
         seconds = time.perf_counter() - started
         saved = dreamed.round().clamp(0, 255)
         after = activation_norm(model, saved, layer)

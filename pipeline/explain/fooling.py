@@ -8,6 +8,7 @@ works before rounding to 8 bits is not one a user can share.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -20,14 +21,17 @@ from PIL import Image
 
 from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
+from pipeline.files import write_csv
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
 from pipeline.explain.engine.objectives import L2, ClassScore
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
-from pipeline.explain.engine.render import Result, StepLog, check_step, optimize
+from pipeline.explain.engine.regime import Regime
+from pipeline.explain.engine.render import Result, StepLog, optimize
+from pipeline.explain.engine.steps import step_rule
 from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
-from pipeline.model.precision import as_input, check_precision, forward
+from pipeline.model.precision import as_input, forward
 from pipeline.explain.engine.transforms import Clip, Quantize
 
 log = logging.getLogger(__name__)
@@ -57,15 +61,18 @@ def make_fooling_images(model: ImageClassifier, images: torch.Tensor, targets: t
         target = target.to(probs.device)
         return (probs.argmax(1) == target) & (probs.gather(1, target[:, None])[:, 0] >= confidence)
 
-    def ascend(start: torch.Tensor, which: torch.Tensor, prec: str, **logging) -> Result:
-        return optimize(model, start, ClassScore(targets[which]), steps=max_iterations, lr=lr, step_rule=step,
-                        regularizers=[L2(l2, center=originals[which], per_image=True)] if l2 > 0 else [],
-                        constraints=[Clip(0.0, 255.0), *([Quantize()] if quantize else [])],
-                        stop=lambda evaluation, index: passes(evaluation.output, targets[which][index]),
-                        precision=prec, progress=progress, desc="fooling", **logging)
+    regime = Regime(steps=max_iterations, step=step_rule(step, lr), precision=precision, show_every=show_every,
+                    constraints=[Clip(0.0, 255.0), *([Quantize()] if quantize else [])])
+
+    def ascend(start: torch.Tensor, which: torch.Tensor, regime: Regime, log: StepLog | None = None) -> Result:
+        objective = ClassScore(targets[which])
+        if l2 > 0:
+            objective = objective - l2 * L2(originals[which], per_image=True)
+        return optimize(model, start, objective, regime, progress=progress, desc="fooling", log=log,
+                        stop=lambda probe: passes(probe.scores(), targets[which][probe.index]))
 
     everything = torch.arange(len(originals))
-    result = ascend(originals, everything, precision, log=log, show_every=show_every)
+    result = ascend(originals, everything, regime, log)
     if precision == "fp32":
         return result
     # A reduced-precision stop test can accept an image the fp32 model does not yet misclassify:
@@ -74,7 +81,7 @@ def make_fooling_images(model: ImageClassifier, images: torch.Tensor, targets: t
         agreed = passes(forward(model, as_input(result.images.to(model.mean_image.device)), "fp32"), targets)
     redo = (result.stopped & ~agreed.cpu()).nonzero()[:, 0]
     if len(redo):
-        more = ascend(result.images[redo], redo, "fp32")
+        more = ascend(result.images[redo], redo, dataclasses.replace(regime, precision="fp32", show_every=0))
         result.images[redo] = more.images
         result.steps[redo] += more.steps
         result.stopped[redo] = more.stopped & (result.steps[redo] <= max_iterations)
@@ -130,10 +137,9 @@ def run(cfg: DictConfig) -> dict:
     import mlflow
 
     f = cfg.fooling
-    check_step(f.lr, f.step, f.max_iterations)
+    Regime(steps=f.max_iterations, step=step_rule(f.step, f.lr), precision=f.precision)  # bad settings fail first
     if int(f.batch_size) < 1:
         raise ConfigError(f"fooling.batch_size must be >= 1, got {f.batch_size}")
-    check_precision(f.precision)
     subject = load_subject(cfg, f.device, "fp32")  # success is judged by the model as users run it
     spec = dict(f.images)
     if spec.get("select") != "correct":
@@ -193,12 +199,11 @@ def run(cfg: DictConfig) -> dict:
                  "saved_fools": bool(saved_fools[i]), "linf": float(linf[i])} for i in ok[: f.figure_examples]]
         if rows:
             save_figure(tmp, summary_figure(subject, rows), "summary", main=True)
-        with open(tmp / "results.csv", "w") as out:
-            out.write("val_index,label,target,fooled,png_fools,iterations,l2,linf\n")
-            for i in range(len(images)):
-                out.write(f"{int(index[i])},{subject.data.wnids[int(labels[i])]},{subject.data.wnids[int(targets[i])]},"
-                          f"{int(success[i])},{int(saved_fools[i])},{int(iterations[i])},{float(l2[i]):.3f},"
-                          f"{float(linf[i]):.3f}\n")
+        write_csv(tmp / "results.csv", [
+            {"val_index": int(index[i]), "label": subject.data.wnids[int(labels[i])],
+             "target": subject.data.wnids[int(targets[i])], "fooled": int(success[i]), "png_fools": int(saved_fools[i]),
+             "iterations": int(iterations[i]), "l2": f"{float(l2[i]):.3f}", "linf": f"{float(linf[i]):.3f}"}
+            for i in range(len(images))])
         mlflow.log_artifact(str(tmp / "results.csv"))
         save_metrics(cfg, "fooling", metrics)
         log.info("fooled %.1f%% (%.1f%% after PNG round trip) of %d images; median %s iterations, "

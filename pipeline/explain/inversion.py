@@ -11,30 +11,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
-from pipeline.data.images import center_square, read_image
+from pipeline.data.images import center_square
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier, reference_layer
-from pipeline.explain.engine.objectives import FeatureMatch, activations
+from pipeline.explain.engine.objectives import FeatureMatch, Probe
+from pipeline.explain.engine.regime import Regime, from_config
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
-from pipeline.explain.engine.render import Result, StepLog, optimize, regime
-from pipeline.explain.subject import Subject, load_subject
+from pipeline.explain.engine.render import Result, StepLog, item_seeds, optimize
+from pipeline.explain.subject import load_subject
 
 log = logging.getLogger(__name__)
-
-
-def source_image(c: DictConfig, subject: Subject) -> tuple[torch.Tensor, str]:
-    """(3, H, W) pixels at the model's input size, and a caption."""
-    size = subject.data.image_size
-    if c.get("image"):
-        return center_square(read_image(c.image), size), Path(str(c.image)).name
-    return subject.val_image(c.val_index)
 
 
 def layer_list(spec, model: ImageClassifier) -> list[int]:
@@ -56,22 +48,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
 
 
-def invert(model: ImageClassifier, image: torch.Tensor, layers: list[int], c: DictConfig, *, seed: int,
-           progress: bool | None = None, log: StepLog | None = None) -> tuple[Result, list[float]]:
+def invert(model: ImageClassifier, image: torch.Tensor, layers: list[int], regime: Regime, *, seed: int,
+           init_std: float, progress: bool | None = None, log: StepLog | None = None) -> tuple[Result, list[float]]:
     """Reconstructions of ``image`` from each layer (one batch), and their final normalised feature errors."""
     device = model.mean_image.device
     mean = model.mean_image.detach().cpu()
     with torch.no_grad():
-        feats = activations(model, image[None].to(device), set(layers))
-    objective = FeatureMatch(layers, [feats[i][0] for i in layers])
+        feats = model.features(image[None].to(device), layers)
+    match = FeatureMatch(layers, [feats[i][0] for i in layers])
     generator = torch.Generator().manual_seed(seed)
-    init = (mean + c.init_std * torch.randn((len(layers), *mean.shape), generator=generator)).clamp(0, 255)
-    options = regime(c, mean)
-    result = optimize(model, init.to(device), objective, steps=c.iterations, lr=c.lr, step_rule=c.step,
-                      seeds=[seed * 1009 + i for i in layers], precision=c.precision, progress=progress,
-                      desc="inversion", log=log, show_every=c.show_every, **options)
+    init = (mean + init_std * torch.randn((len(layers), *mean.shape), generator=generator)).clamp(0, 255)
+    result = optimize(model, init.to(device), regime.objective(match), regime, seeds=item_seeds(seed, layers),
+                      progress=progress, desc="inversion", log=log)
     with torch.no_grad():
-        final = objective(model, result.images, torch.arange(len(layers), device=device)).terms["feature_error"]
+        final = match.errors(Probe(model, result.images, result.images, torch.arange(len(layers), device=device)))
     return result, [float(e) for e in final]
 
 
@@ -84,13 +74,17 @@ def run(cfg: DictConfig) -> dict:
     layers = layer_list(c.layers, model)
     shallow, deep = named_layer(c.shallow_layer, model, 3), named_layer(c.deep_layer, model, 6)
     layers = sorted(set(layers) | {shallow, deep})
-    regime(c, model.mean_image.cpu())
-    image, caption = source_image(c, subject)
+    regime = from_config(c.regime, center=model.mean_image.detach().cpu())
+    image, caption = subject.source_image(c.image, c.val_index)
+    size = subject.data.image_size
+    if tuple(image.shape[-2:]) != (size, size):
+        image = center_square(image, size)
     with job_outputs(cfg, "inversion", subject) as tmp:
         started = time.perf_counter()
         with tracking.StepLogger(key="inversion_evolution",
                                  render=lambda x: figures.grid(list(x), scale=2, pad=2)) as steps_log:
-            result, errors = invert(model, image, layers, c, seed=cfg.seed, progress=cfg.progress, log=steps_log)
+            result, errors = invert(model, image, layers, regime, seed=cfg.seed, init_std=c.init_std,
+                                    progress=cfg.progress, log=steps_log)
         seconds = time.perf_counter() - started
         recon = result.images.cpu().round().clamp(0, 255)
         quality = psnr(recon, image[None].expand_as(recon))

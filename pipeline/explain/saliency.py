@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline.track import figures
-from pipeline.explain.attribution.methods import Saliency, make_method
+from pipeline.explain.attribution.base import Attribution
+from pipeline.explain.attribution.registry import factory
 from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
@@ -23,15 +25,6 @@ from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
-
-
-def method_for(s: DictConfig, model: ImageClassifier, seed: int) -> Saliency:
-    options = {"precision": s.precision, "batch_size": s.batch_size}
-    if s.method == "smoothgrad":
-        options.update(samples=s.smoothgrad.samples, noise=s.smoothgrad.noise, seed=seed)
-    elif s.method == "integrated_gradients":
-        options.update(steps=s.integrated_gradients.steps, baseline=s.integrated_gradients.baseline)
-    return make_method(s.method, model, **options)
 
 
 def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
@@ -45,14 +38,14 @@ def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, pr
     return figures.grid(tiles, captions, columns=len(images), scale=3, caption_lines=3, font_size=11)
 
 
-def faithfulness(subject: Subject, method: Saliency, s: DictConfig, cfg: DictConfig, index: torch.Tensor,
-                 targets: torch.Tensor) -> dict:
+def faithfulness(subject: Subject, make_method: Callable[[ImageClassifier], Attribution], s: DictConfig,
+                 cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor) -> dict:
     import mlflow
 
     e = s.evaluation
     images = subject.data.split("val").images[index].float()
     started = time.perf_counter()
-    maps = method.maps(images, targets)
+    maps = make_method(subject.model).maps(images, targets)
     seconds = time.perf_counter() - started
     options = dict(steps=e.steps, blur_sigma=e.blur_sigma, batch_size=max(s.batch_size, 250), precision=s.precision)
     deletion, insertion = curves(subject.model, images, targets, pixel_ranks(maps), **options)
@@ -72,7 +65,7 @@ def faithfulness(subject: Subject, method: Saliency, s: DictConfig, cfg: DictCon
         k = min(int(e.sanity_images), len(images))
         cascade = cascading_randomization(
             subject.model, subject.meta["arch"],
-            lambda model: method_for(s, model, cfg.seed).maps(images[:k], targets[:k]), seed=cfg.seed)
+            lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed)
         for step, (layer, rho) in enumerate(cascade):
             mlflow.log_metric("sanity_spearman_cascade", rho, step=step)
             metrics[f"sanity_spearman_{layer}"] = rho
@@ -84,7 +77,8 @@ def faithfulness(subject: Subject, method: Saliency, s: DictConfig, cfg: DictCon
 def run(cfg: DictConfig) -> dict:
     s = cfg.saliency
     subject = load_subject(cfg, s.device, s.precision)
-    method = method_for(s, subject.model, cfg.seed)  # bad method/options fail before any work
+    make_method = factory(s.method, s.options, precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
+    method = make_method(subject.model)  # bad method/options fail before any work
     val = subject.data.split("val")
     views = {}  # every selection and target is checked before the run starts
     for name, spec in s.views.items():
@@ -104,7 +98,7 @@ def run(cfg: DictConfig) -> dict:
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())
-        metrics = faithfulness(subject, method, s, cfg, *evaluation) if evaluation else {}
+        metrics = faithfulness(subject, make_method, s, cfg, *evaluation) if evaluation else {}
         save_metrics(cfg, "saliency", metrics)
         if metrics:
             log.info("deletion AUC %.3f (random %.3f), insertion AUC %.3f (random %.3f), sanity Spearman %s, "

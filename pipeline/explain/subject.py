@@ -7,10 +7,13 @@ jobs never care where it came from; its class list must match the prepared data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 
 from pipeline.model.checkpoint import load_classifier, pick_device
 from pipeline.data.cache import PreparedData, load_prepared
+from pipeline.data.images import read_image
 from pipeline.errors import ConfigError, DataError
 from pipeline.model.architectures import ImageClassifier
 from pipeline.model.precision import check_precision, frozen, probabilities
@@ -64,6 +67,13 @@ class Subject:
         if not 0 <= i < len(val):
             raise ConfigError(f"val_index {i} out of range 0..{len(val) - 1}")
         return val.images[i].float(), f"val {i}: {self.class_names[int(val.labels[i])]}"
+
+    def source_image(self, source: str | None, val_index: int) -> tuple[torch.Tensor, str]:
+        """(3, H, W) float pixels and a caption: the file or URL ``source`` when given, else val image
+        ``val_index``."""
+        if source:
+            return read_image(str(source)), Path(str(source)).name
+        return self.val_image(val_index)
 
     def label(self, index: int, probability: float | None = None) -> str:
         name = self.class_names[int(index)]

@@ -12,7 +12,6 @@ same result as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from pipeline.model.checkpoint import architecture, model_from_file, pick_device
 from pipeline.data.cache import PreparedData, Split, load_prepared
 from pipeline.errors import ConfigError, DataError
 from pipeline.data.fetch import fetch
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, write_csv, write_json
 from pipeline.job import hydra_job, overrides, seed_everything
 from pipeline.model.architectures import ImageClassifier, build_model
 from pipeline.model.muon import MuonSGD
@@ -358,14 +357,6 @@ def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str
                   "count": int(matrix[i].sum()),
                   "most_confused_with": names[int(off[i].argmax())] if off[i].sum() else ""} for i in range(n)]
     return pairs, sorted(per_class, key=lambda r: r["accuracy"])
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- job

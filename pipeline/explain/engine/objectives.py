@@ -1,8 +1,13 @@
-"""What image optimisation minimises: objectives on the model, regularisers on the image.
+"""What image optimisation maximises, as algebra (after Lucent's ``optvis/objectives.py``).
 
-Every term is per image, shape (n,), so a batch is n independent problems and items can stop
-on their own. ``index`` holds the batch positions of the images being evaluated (the still
-active ones), so per-image data (targets, original images, target features) is looked up by it.
+An objective maps a ``Probe`` (the images being optimised, what the model sees of them, and the
+batch positions they hold) to per-image values, shape (n,), to *maximise*. Objectives compose:
+``ClassScore(t) - 5e-7 * L2(center=mean)`` is one objective whose parts are logged as separate
+terms. Priors on the image (``L2``, ``TotalVariation``) read the image itself; model objectives
+read what the model sees (the image after the input transforms). Every value is per image, so a
+batch is n independent problems and items can stop on their own; ``probe.index`` holds the batch
+positions of the still active images, so per-image data (targets, originals, target features) is
+looked up by it.
 """
 
 from __future__ import annotations
@@ -11,115 +16,221 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.model.architectures import ImageClassifier
 
 
 @dataclass
 class Evaluation:
-    """Loss terms (summed and minimised), extra per-image metrics to log, the raw model output."""
+    """Named per-image terms whose sum is maximised, and extra per-image metrics to log."""
 
     terms: dict[str, torch.Tensor]
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-    output: torch.Tensor | None = None
+
+    @property
+    def total(self) -> torch.Tensor:
+        return sum(self.terms.values())
 
 
-# --------------------------------------------------------------------------- objectives
+class Probe:
+    """One step's view of the batch: the active images, the model's input, and one forward pass
+    shared by every objective that needs it."""
+
+    def __init__(self, model: nn.Module, image: torch.Tensor, model_input: torch.Tensor, index: torch.Tensor):
+        self.model, self.image, self.input, self.index = model, image, model_input, index
+        self._scores: torch.Tensor | None = None
+        self._features: dict[int, torch.Tensor] = {}
+
+    def scores(self) -> torch.Tensor:
+        """Class scores (n, classes) in fp32."""
+        if self._scores is None:
+            self._scores = self.model(self.input).float()
+        return self._scores
+
+    def features(self, layers: Sequence[int | str]) -> dict[int, torch.Tensor]:
+        """{layer index: activations} from one forward pass that stops after the deepest layer."""
+        index = [self.model.layer_index(layer) for layer in layers]
+        missing = [i for i in index if i not in self._features]
+        if missing:
+            self._features.update(self.model.features(self.input, missing))
+        return {i: self._features[i] for i in index}
 
 
-class ClassScore:
-    """Raise the unnormalised class score S_y (Simonyan et al. 2014): loss = -S_y."""
+class Objective:
+    """Base class: ``evaluate(probe) -> Evaluation``, with +, -, scalar * and unary - ."""
+
+    name = "objective"
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        raise NotImplementedError
+
+    def __add__(self, other: Objective) -> Objective:
+        return Sum([self, other])
+
+    def __sub__(self, other: Objective) -> Objective:
+        return Sum([self, -1.0 * other])
+
+    def __mul__(self, weight: float) -> Objective:
+        return Scaled(self, weight)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return Scaled(self, -1.0)
+
+
+class Sum(Objective):
+    def __init__(self, parts: Sequence[Objective]):
+        self.parts = [q for p in parts for q in (p.parts if isinstance(p, Sum) else [p])]
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        terms, metrics = {}, {}
+        for part in self.parts:
+            e = part.evaluate(probe)
+            for key, value in e.terms.items():
+                terms[key if key not in terms else f"{key}_{len(terms)}"] = value
+            metrics.update(e.metrics)
+        return Evaluation(terms, metrics)
+
+    def __repr__(self) -> str:
+        return " + ".join(map(repr, self.parts))
+
+
+class Scaled(Objective):
+    def __init__(self, part: Objective, weight: float):
+        if isinstance(part, Scaled):
+            part, weight = part.part, part.weight * weight
+        self.part, self.weight = part, float(weight)
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        e = self.part.evaluate(probe)
+        return Evaluation({k: self.weight * v for k, v in e.terms.items()}, e.metrics)
+
+    def __repr__(self) -> str:
+        return f"{self.weight:g} * {self.part!r}"
+
+
+# --------------------------------------------------------------------------- model objectives
+
+
+class ClassScore(Objective):
+    """The unnormalised class score S_y (Simonyan et al. 2014), one target class per image."""
+
+    name = "class_score"
 
     def __init__(self, targets: torch.Tensor):
         self.targets = torch.as_tensor(targets, dtype=torch.long)
 
-    def __call__(self, model: ImageClassifier, x: torch.Tensor, index: torch.Tensor) -> Evaluation:
-        scores = model(x).float()
-        target = self.targets[index].to(scores.device)
+    def evaluate(self, probe: Probe) -> Evaluation:
+        scores = probe.scores()
+        target = self.targets[probe.index].to(scores.device)
         score = scores.gather(1, target[:, None])[:, 0]
         prob = scores.detach().softmax(1).gather(1, target[:, None])[:, 0]
-        return Evaluation({"class_score": -score}, {"score": score.detach(), "target_prob": prob}, scores)
+        return Evaluation({self.name: score}, {"score": score.detach(), "target_prob": prob})
+
+    def __repr__(self) -> str:
+        return "ClassScore()"
 
 
-def activations(model: ImageClassifier, x: torch.Tensor, layers: set[int]) -> dict[int, torch.Tensor]:
-    """Outputs of several layers (indices) from one forward pass."""
-    out, h = {}, model.normalize(x)
-    for i, layer in enumerate(model.layers()[: max(layers) + 1]):
-        h = layer(h)
-        if i in layers:
-            out[i] = h
-    return out
-
-
-class FeatureMatch:
-    """Mahendran & Vedaldi 2015: ||phi(x) - phi0||^2 / ||phi0||^2 at a layer.
+class FeatureMatch(Objective):
+    """Mahendran & Vedaldi 2015: -||phi(x) - phi0||^2 / ||phi0||^2 at a layer.
 
     ``layers`` is one layer for all images or one per image (reconstruction by depth in one
     batch); ``targets`` the features phi0 to match, a tensor (N, ...) or one tensor per image.
     """
 
+    name = "feature_error"
+
     def __init__(self, layers: int | str | Sequence[int | str], targets: torch.Tensor | Sequence[torch.Tensor]):
         self.layers = layers
         self.targets = [t.detach() for t in targets]
 
-    def __call__(self, model: ImageClassifier, x: torch.Tensor, index: torch.Tensor) -> Evaluation:
+    def errors(self, probe: Probe) -> torch.Tensor:
+        """The normalised feature error per image (>= 0)."""
         per_image = not isinstance(self.layers, (int, str))
-        layer_of = [model.layer_index(self.layers[i] if per_image else self.layers) for i in index.tolist()]
-        feats = activations(model, x, set(layer_of))
+        layer_of = [probe.model.layer_index(self.layers[i] if per_image else self.layers) for i in probe.index.tolist()]
+        feats = probe.features(sorted(set(layer_of)))
         errors = []
-        for j, (i, layer) in enumerate(zip(index.tolist(), layer_of)):
-            phi, target = feats[layer][j].float(), self.targets[i].to(x.device, torch.float32)
+        for j, (i, layer) in enumerate(zip(probe.index.tolist(), layer_of)):
+            phi, target = feats[layer][j].float(), self.targets[i].to(probe.input.device, torch.float32)
             errors.append(((phi - target) ** 2).sum() / (target ** 2).sum().clamp_min(1e-12))
-        return Evaluation({"feature_error": torch.stack(errors)})
+        return torch.stack(errors)
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        return Evaluation({self.name: -self.errors(probe)})
+
+    def __repr__(self) -> str:
+        return f"FeatureMatch({self.layers!r})"
 
 
-class ActivationNorm:
-    """DeepDream: amplify a layer's activations; loss = -||phi(x)||^2 / 2, whose gradient is phi itself
-    (the reference's ``dfeats = feats``)."""
+class ActivationNorm(Objective):
+    """DeepDream: ||phi(x)||^2 / 2 at a layer, whose gradient is phi itself (the reference's
+    ``dfeats = feats``)."""
+
+    name = "activation"
 
     def __init__(self, layer: int | str):
         self.layer = layer
 
-    def __call__(self, model: ImageClassifier, x: torch.Tensor, index: torch.Tensor) -> Evaluation:
-        feats = model(x, end=self.layer).float()
+    def evaluate(self, probe: Probe) -> Evaluation:
+        feats = next(iter(probe.features([self.layer]).values())).float()
         energy = 0.5 * (feats ** 2).flatten(1).sum(1)
-        return Evaluation({"activation": -energy}, {"activation_norm": feats.detach().flatten(1).norm(dim=1)}, feats)
+        return Evaluation({self.name: energy}, {"activation_norm": feats.detach().flatten(1).norm(dim=1)})
+
+    def __repr__(self) -> str:
+        return f"ActivationNorm({self.layer!r})"
 
 
-# --------------------------------------------------------------------------- regularisers
+# --------------------------------------------------------------------------- image priors
 
 
-class L2:
-    """``weight * ||x - center||^2``: the reference's L2 decay (center = mean image) or, for fooling
-    images, a pull toward the original image (one center per image)."""
+class L2(Objective):
+    """``||x - center||^2``: with a minus sign, the reference's L2 decay (center = mean image) or, for
+    fooling images, a pull toward the original image (``per_image``: one center per image)."""
 
     name = "l2"
 
-    def __init__(self, weight: float, center: torch.Tensor | None = None, per_image: bool = False):
-        if weight < 0:
-            raise ConfigError(f"l2 weight must be >= 0, got {weight}")
-        self.weight, self.center, self.per_image = float(weight), center, per_image
+    def __init__(self, center: torch.Tensor | None = None, per_image: bool = False):
+        self.center, self.per_image = center, per_image
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, probe: Probe) -> Evaluation:
+        x = probe.image
         if self.center is not None:
-            x = x - (self.center[index] if self.per_image else self.center).to(x)
-        return self.weight * (x ** 2).flatten(1).sum(1)
+            x = x - (self.center[probe.index] if self.per_image else self.center).to(x)
+        return Evaluation({self.name: (x ** 2).flatten(1).sum(1)})
+
+    def __repr__(self) -> str:
+        return "L2()"
 
 
-class TotalVariation:
-    """``weight * sum((dx^2 + dy^2)^(beta/2))`` (Mahendran & Vedaldi 2015, eq. 5)."""
+class TotalVariation(Objective):
+    """``sum((dx^2 + dy^2)^(beta/2))`` (Mahendran & Vedaldi 2015, eq. 5); subtract it as a prior."""
 
     name = "tv"
 
-    def __init__(self, weight: float, beta: float = 2.0):
-        if weight < 0:
-            raise ConfigError(f"tv weight must be >= 0, got {weight}")
-        self.weight, self.beta = float(weight), float(beta)
+    def __init__(self, beta: float = 2.0):
+        self.beta = float(beta)
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, probe: Probe) -> Evaluation:
+        x = probe.image
         dy = x[..., 1:, :-1] - x[..., :-1, :-1]
         dx = x[..., :-1, 1:] - x[..., :-1, :-1]
         squared = dx ** 2 + dy ** 2
         tv = squared if self.beta == 2.0 else (squared + 1e-8) ** (self.beta / 2)
-        return self.weight * tv.flatten(1).sum(1)
+        return Evaluation({self.name: tv.flatten(1).sum(1)})
+
+    def __repr__(self) -> str:
+        return "TotalVariation()"
+
+
+def with_priors(objective: Objective, *, l2: float = 0.0, tv: float = 0.0,
+                center: torch.Tensor | None = None) -> Objective:
+    """``objective - l2 * L2(center) - tv * TV()``, leaving out priors of weight 0."""
+    if l2 < 0 or tv < 0:
+        raise ConfigError(f"prior weights must be >= 0, got l2={l2}, tv={tv}")
+    if l2:
+        objective = objective - l2 * L2(center)
+    if tv:
+        objective = objective - tv * TotalVariation()
+    return objective

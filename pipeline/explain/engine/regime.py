@@ -1,0 +1,81 @@
+"""How an image is optimised, apart from what for: steps, step rule, input transforms, constraints,
+image priors, precision. Built once per job from a ``conf/optim/`` preset with
+``hydra.utils.instantiate`` (``_target_: pipeline.explain.engine.regime.build``); the engine and
+the jobs' domain functions then take the built ``Regime``, never a config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.explain.engine.objectives import Objective, with_priors
+from pipeline.explain.engine.steps import StepRule, step_rule
+from pipeline.explain.engine.transforms import Blur, Clip, GaussianBlur, Jitter
+from pipeline.model.precision import check_precision
+
+Transform = Callable[[torch.Tensor, Sequence[torch.Generator]], torch.Tensor]  # differentiable, before the model
+Constraint = Callable[[torch.Tensor, int], torch.Tensor]  # after each update, outside autograd
+
+BLURS = ("reference", "gaussian", "none")
+
+
+@dataclass
+class Regime:
+    steps: int
+    step: StepRule
+    transforms: list[Transform] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    l2: float = 0.0  # weight of the L2 prior around ``center``
+    tv: float = 0.0  # weight of the total-variation prior
+    center: torch.Tensor | None = None  # what L2 pulls toward and blur pads with (the model's mean image)
+    precision: str = "fp32"
+    show_every: int = 0  # image snapshots to the step log every k steps (0 = none)
+
+    def __post_init__(self):
+        if int(self.steps) < 0:
+            raise ConfigError(f"number of steps must be >= 0, got {self.steps}")
+        check_precision(self.precision)
+
+    def objective(self, objective: Objective) -> Objective:
+        """``objective`` with this regime's image priors."""
+        return with_priors(objective, l2=self.l2, tv=self.tv, center=self.center)
+
+
+def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str = "none", blur_every: int = 1,
+          blur_sigma: float = 0.5, l2: float = 0.0, tv: float = 0.0, precision: str = "fp32", show_every: int = 0,
+          center: torch.Tensor | None = None) -> Regime:
+    """The pixel-space regime of the CS231n reference and its successors: jitter before the model;
+    clip to 0..255, then blur (every ``blur_every`` steps) after each update, as the reference does."""
+    if blur not in BLURS:
+        raise ConfigError(f"unknown blur {blur!r}; choose one of {', '.join(BLURS)}")
+    constraints: list[Constraint] = [Clip(0.0, 255.0)]
+    if blur == "reference":
+        constraints.append(Blur(every=blur_every, center=center))
+    elif blur == "gaussian":
+        constraints.append(GaussianBlur(blur_sigma, every=blur_every, center=center))
+    if l2 < 0 or tv < 0:
+        raise ConfigError(f"prior weights must be >= 0, got l2={l2}, tv={tv}")
+    return Regime(steps=int(iterations), step=step_rule(step, lr), transforms=[Jitter(jitter)] if jitter else [],
+                  constraints=constraints, l2=float(l2), tv=float(tv), center=center, precision=precision,
+                  show_every=int(show_every))
+
+
+def from_config(node, **runtime) -> Regime:
+    """Instantiate a job section's ``regime`` node (``_target_`` + its options), adding what only exists
+    at run time (the model's mean image as ``center``)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as exc:  # unwrap our own errors: one clear line
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(f"cannot build the optimisation regime: {exc}") from None

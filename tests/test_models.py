@@ -310,3 +310,40 @@ def test_cli_lists_layers(capsys):
     main(["cs231n"])
     out = capsys.readouterr().out
     assert "conv9" in out and "(1024, 2, 2)" in out and "fc11" in out and "(100,)" in out
+
+
+# --------------------------------------------------------------------------- layers by hooks
+
+
+def test_hooks_reach_named_layers_of_any_module_and_stop_early():
+    import torchvision
+
+    from pipeline.model.layers import UnknownLayerError as LayerError
+    from pipeline.model.layers import activations
+
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.rand(2, 3, 64, 64)
+    ran = []
+    net.fc.register_forward_hook(lambda *args: ran.append("fc"))
+    with torch.no_grad():
+        out = activations(net, x, ["layer1", "layer3.0.relu"])
+        assert out["layer1"].shape == (2, 64, 16, 16) and out["layer3.0.relu"].shape[1] == 256
+        assert not ran  # the pass stopped after layer3.0: fc never ran
+        full = activations(net, x, ["layer4", "fc"])
+        assert torch.equal(full["fc"], net(x)) and ran
+    with pytest.raises(LayerError, match="no layer 'layer9'"):
+        activations(net, x, ["layer9"])
+
+
+def test_autocast_after_a_layer_keeps_the_layers_before_it_in_fp32():
+    from pipeline.model.layers import autocast_after
+
+    net = ResNet(num_classes=5, widths=(8, 16), blocks=(1, 1), stem_width=8).eval()
+    dtypes = {}
+    for name in ("stem", "stage1.block1", "stage2.block1"):
+        net.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: dtypes.__setitem__(name, out.dtype))
+    with torch.no_grad(), autocast_after(net, "stem", "cpu"):
+        net(torch.rand(1, 3, 32, 32) * 255)
+    assert dtypes == {"stem": torch.float32, "stage1.block1": torch.bfloat16, "stage2.block1": torch.bfloat16}
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 32, 32)).dtype == torch.float32  # nothing left behind after the context

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.errors import ConfigError
+from pipeline.explain.building import instantiate
 from pipeline.job import CONF_DIR as _CONF
 
 if TYPE_CHECKING:  # the methods are imported by instantiate, from their _target_
@@ -38,18 +39,5 @@ def method_config(method: str | Mapping, options: Mapping | None = None) -> dict
 def factory(method: str | Mapping, options: Mapping | None = None, **common) -> Callable[..., Attribution]:
     """``model -> Attribution`` for the named method; ``common`` (precision, batch_size, seed) go to
     every method. Fails on a bad name or option here, before any work."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     config = method_config(method, options)
-
-    def make(model) -> Attribution:
-        try:
-            return instantiate(config, model, **common)
-        except InstantiationException as exc:
-            cause = exc.__cause__
-            while cause is not None and not isinstance(cause, ConfigError):
-                cause = cause.__cause__
-            raise (cause or ConfigError(f"cannot build saliency method {config['_target_']}: {exc}")) from None
-
-    return make
+    return lambda model: instantiate(config, model, what=f"saliency method {config['_target_']}", **common)

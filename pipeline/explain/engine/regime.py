@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.explain.building import instantiate
 from pipeline.explain.engine.objectives import Objective, with_priors
 from pipeline.explain.engine.steps import StepRule, step_rule
 from pipeline.explain.engine.transforms import Blur, Clip, GaussianBlur, Jitter
@@ -67,15 +68,4 @@ def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str =
 def from_config(node, **runtime) -> Regime:
     """Instantiate a job section's ``regime`` node (``_target_`` + its options), adding what only exists
     at run time (the model's mean image as ``center``)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **runtime)
-    except InstantiationException as exc:  # unwrap our own errors: one clear line
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, ConfigError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise ConfigError(f"cannot build the optimisation regime: {exc}") from None
+    return instantiate(node, what="the optimisation regime", **runtime)

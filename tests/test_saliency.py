@@ -129,18 +129,30 @@ SMALL = ["saliency.views.confident.min_confidence=0.0", "saliency.views.confiden
 def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
     metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL))
     saved = json.loads((tmp_path / "metrics" / "saliency.json").read_text())
-    assert saved == pytest.approx(metrics)
+    table = saved.pop("methods")
+    assert saved == pytest.approx({k: v for k, v in metrics.items() if k != "methods"})
     assert {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "sanity_spearman",
             "images_per_second"} <= set(saved)
+    # the comparison: every default method, every column, one shared random baseline
+    assert set(table) == {"gradient", "gradcam", "guided_backprop", "occlusion"}
+    columns = {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "sanity_spearman",
+               "sanity_spearman_top_layer", "infidelity", "max_sensitivity", "images_per_second"}
+    assert all(set(row) == columns for row in table.values())
+    assert len({row["random_deletion_auc"] for row in table.values()}) == 1
+    for name, row in table.items():
+        assert row == pytest.approx(metrics["methods"][name])
     out = tmp_path / "results" / "saliency"
     assert {p.name for p in out.iterdir()} == {"random.png", "confident.png", "random_indices.txt",
-                                               "confident_indices.txt"}
+                                               "confident_indices.txt", "methods.png"}
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("saliency").experiment_id])[0]
     assert run.data.params["saliency.method"] == "gradient" and "train.lr" not in run.data.params
     assert run.data.tags["model_arch"] == "resnet" and run.data.tags["dataset_sha256"]
     assert len(client.get_metric_history(run.info.run_id, "curve_deletion")) == 5
-    assert {"random.png", "confident.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"random.png", "confident.png", "methods.png", "methods.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.metrics["methods.gradcam.infidelity"] == pytest.approx(table["gradcam"]["infidelity"])
+    assert "methods" not in run.data.tags["final_metrics"].split(",")
 
 
 def test_job_variants_and_named_classes(subject_files, tmp_path):
@@ -175,3 +187,21 @@ def test_cli_error_is_one_line(subject_files, tmp_path):
     assert result.returncode == 1
     assert "saliency: error: unknown class 'zebra'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_job_logs_the_integrated_gradients_convergence_delta(subject_files, tmp_path):
+    metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL, "saliency.method=integrated_gradients",
+                                      "+saliency.options.steps=4", "saliency.evaluation.n=null"))
+    assert metrics["convergence_delta"] >= 0
+    more = saliency.run(job_config("saliency", subject_files, tmp_path / "more", *SMALL,
+                                  "saliency.method=integrated_gradients", "+saliency.options.steps=64",
+                                  "saliency.evaluation.n=null"))
+    assert more["convergence_delta"] < metrics["convergence_delta"]  # more steps, a closer integral
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_backprop", "occlusion"])
+def test_job_runs_every_new_method_by_name(subject_files, tmp_path, method):
+    metrics = saliency.run(job_config("saliency", subject_files, tmp_path, *SMALL, f"saliency.method={method}",
+                                      "saliency.evaluation.sanity_images=2"))
+    assert 0 <= metrics["deletion_auc"] <= 1 and "sanity_spearman" in metrics
+    assert (tmp_path / "results" / "saliency" / "random.png").is_file()

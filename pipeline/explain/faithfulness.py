@@ -88,3 +88,37 @@ def cascading_randomization(model: ImageClassifier, arch: dict, maps_of: Callabl
         randomized.requires_grad_(False).eval()
         results.append((name, float(spearman(trained, maps_of(randomized)).mean())))
     return results
+
+
+# --------------------------------------------------------------------------- Yeh et al. 2019
+
+
+def infidelity(method, images: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor, *,
+               noise: float = 0.05, samples: int = 16, seed: int = 0) -> torch.Tensor:
+    """Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations", eq. 2, per image, with
+    Gaussian perturbations I (std ``noise`` x 255) and Captum's normalisation: the attributions are
+    first scaled by the beta that fits best, so methods in different units compare:
+    min_beta E[(beta * I.attr - (S(x) - S(x - I)))^2]. Lower is more faithful."""
+    x = images.float().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    perturbation = torch.randn((len(x), samples, *x.shape[1:]), generator=generator) * (noise * 255.0)
+    clean = method.scores(x, targets)
+    moved = method.scores((x[:, None] - perturbation).flatten(0, 1), targets.repeat_interleave(samples))
+    drop = clean[:, None] - moved.view(len(x), samples)
+    dot = (perturbation * attributions.float().cpu()[:, None]).flatten(2).sum(2)
+    beta = (dot * drop).mean(1) / (dot * dot).mean(1).clamp_min(1e-30)
+    return ((beta[:, None] * dot - drop) ** 2).mean(1)
+
+
+def max_sensitivity(method, images: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor, *,
+                    radius: float = 0.02, samples: int = 4, seed: int = 0) -> torch.Tensor:
+    """Yeh et al. 2019, eq. 4, per image: the largest change of the attributions, relative to their
+    norm, over ``samples`` uniform perturbations in the L-inf ball of ``radius`` x 255. Lower is more
+    robust."""
+    x = images.float().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    delta = (torch.rand((len(x), samples, *x.shape[1:]), generator=generator) * 2 - 1) * (radius * 255.0)
+    moved = method.attribute((x[:, None] + delta).flatten(0, 1), targets.repeat_interleave(samples)).float().cpu()
+    base = attributions.float().cpu()
+    change = (moved.view(len(x), samples, *base.shape[1:]) - base[:, None]).flatten(2).norm(dim=2)
+    return (change / base.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None]).amax(1)

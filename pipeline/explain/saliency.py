@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 from pipeline.track import figures
 from pipeline.explain.attribution.base import Attribution
 from pipeline.explain.attribution.registry import factory
-from pipeline.explain.faithfulness import auc, cascading_randomization, curves, pixel_ranks, random_ranks
+from pipeline.explain.faithfulness import (auc, cascading_randomization, curves, infidelity, max_sensitivity,
+                                           pixel_ranks, random_ranks)
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
-from pipeline.track.outputs import job_outputs, save_figure, save_metrics
+from pipeline.track.outputs import job_outputs, save_figure, save_metrics, save_table
 from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
 
@@ -74,11 +75,70 @@ def faithfulness(subject: Subject, make_method: Callable[[ImageClassifier], Attr
     return metrics
 
 
+def evaluate_method(subject: Subject, make_method, c: DictConfig, cfg: DictConfig, images: torch.Tensor,
+                    targets: torch.Tensor, random: tuple[torch.Tensor, torch.Tensor], options: dict) -> dict:
+    """One row of the comparison table: faithfulness (deletion / insertion beside the random order),
+    model randomisation, infidelity and max-sensitivity, speed."""
+    method = make_method(subject.model)
+    started = time.perf_counter()
+    maps = method.maps(images, targets)
+    seconds = time.perf_counter() - started
+    deletion, insertion = curves(subject.model, images, targets, pixel_ranks(maps), **options)
+    row = {"deletion_auc": float(auc(deletion).mean()), "insertion_auc": float(auc(insertion).mean()),
+           "random_deletion_auc": float(auc(random[0]).mean()), "random_insertion_auc": float(auc(random[1]).mean())}
+    k = min(int(c.sanity_images), len(images))
+    if k:
+        cascade = cascading_randomization(subject.model, subject.meta["arch"],
+                                          lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed)
+        row["sanity_spearman_top_layer"] = cascade[0][1]  # only the class layer re-initialised
+        row["sanity_spearman"] = cascade[-1][1]  # every layer re-initialised
+    k = min(int(c.robustness_images), len(images))
+    if k:
+        attributions = method.attribute(images[:k], targets[:k])
+        row["infidelity"] = float(infidelity(method, images[:k], targets[:k], attributions, noise=c.infidelity_noise,
+                                             samples=c.infidelity_samples, seed=cfg.seed).mean())
+        row["max_sensitivity"] = float(max_sensitivity(method, images[:k], targets[:k], attributions,
+                                                       radius=c.sensitivity_radius, samples=c.sensitivity_samples,
+                                                       seed=cfg.seed).mean())
+    row["images_per_second"] = len(images) / seconds
+    return row
+
+
+def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor,
+                    view: tuple) -> tuple[dict, object]:
+    """Every method of ``saliency.methods`` on the same images: ({name: row}, the figure with one row of
+    maps per method over the first view's images)."""
+    c = s.comparison
+    n = min(int(c.n), len(index))
+    images, targets = subject.data.split("val").images[index[:n]].float(), targets[:n]
+    options = dict(steps=c.steps, blur_sigma=s.evaluation.blur_sigma, batch_size=max(s.batch_size, 250),
+                   precision=s.precision)
+    random = curves(subject.model, images, targets, random_ranks(n, images[0, 0].numel(), cfg.seed), **options)
+    common = dict(precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
+    table, rows = {}, []
+    _, view_images, labels, _, view_targets = view
+    for name in s.methods:
+        make_method = factory(name, **common)
+        started = time.perf_counter()
+        table[name] = evaluate_method(subject, make_method, c, cfg, images, targets, random, options)
+        rows.append(make_method(subject.model).maps(view_images, view_targets))
+        log.info("%s: deletion AUC %.3f, insertion AUC %.3f, sanity Spearman %s, infidelity %s, max-sensitivity %s "
+                 "(%.0f s)", name, table[name]["deletion_auc"], table[name]["insertion_auc"],
+                 *(f"{table[name][k]:.3g}" if k in table[name] else "-"
+                   for k in ("sanity_spearman", "infidelity", "max_sensitivity")), time.perf_counter() - started)
+    tiles = [*view_images, *[figures.heatmap(m) for maps in rows for m in maps]]
+    captions = [subject.class_names[int(y)] for y in labels] + [name for name in s.methods for _ in view_images]
+    figure = figures.grid(tiles, captions, columns=len(view_images), scale=2, caption_lines=1, font_size=11)
+    return table, figure
+
+
 def run(cfg: DictConfig) -> dict:
     s = cfg.saliency
     subject = load_subject(cfg, s.device, s.precision)
     make_method = factory(s.method, s.options, precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
     method = make_method(subject.model)  # bad method/options fail before any work
+    for name in s.methods:
+        factory(name, precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)(subject.model)
     val = subject.data.split("val")
     views = {}  # every selection and target is checked before the run starts
     for name, spec in s.views.items():
@@ -92,15 +152,28 @@ def run(cfg: DictConfig) -> dict:
         labels = val.labels[index]
         evaluation = (index, subject.targets(s.target, labels, subject.val_probabilities()[index].argmax(1)))
     with job_outputs(cfg, "saliency", subject) as tmp:
+        deltas = []
         for name, (index, images, labels, probs, targets) in views.items():
-            maps = method.maps(images, targets)
+            if hasattr(method, "convergence_delta"):  # integrated gradients: is the path integral converged?
+                attributions = method.attribute(images, targets)
+                deltas.append(method.convergence_delta(images, targets, attributions))
+                maps = attributions.abs().amax(dim=1)
+            else:
+                maps = method.maps(images, targets)
             figure = view_figure(subject, images, labels, probs, targets, maps, s.method)
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())
         metrics = faithfulness(subject, make_method, s, cfg, *evaluation) if evaluation else {}
+        if deltas:  # |sum of attributions - (S(x) - S(baseline))| over the views' images
+            metrics["convergence_delta"] = float(torch.cat(deltas).mean())
+        if s.methods and evaluation:
+            table, figure = compare_methods(subject, s, cfg, *evaluation, next(iter(views.values())))
+            save_figure(tmp, figure, "methods")
+            save_table(table, "methods.json")
+            metrics["methods"] = table
         save_metrics(cfg, "saliency", metrics)
-        if metrics:
+        if "deletion_auc" in metrics:
             log.info("deletion AUC %.3f (random %.3f), insertion AUC %.3f (random %.3f), sanity Spearman %s, "
                      "%.0f images/s", metrics["deletion_auc"], metrics["random_deletion_auc"],
                      metrics["insertion_auc"], metrics["random_insertion_auc"],

@@ -44,10 +44,32 @@ def save_figure(folder: Path, figure: Image.Image, name: str, main: bool = False
         mlflow.set_tag("main_figure", f"{name}.png")
 
 
-def save_metrics(cfg: DictConfig, job: str, metrics: Mapping[str, float]) -> None:
-    """MLflow metrics of the run and ``metrics/<job>.json`` (the DVC metrics file)."""
+def flat(metrics: Mapping, prefix: str = "") -> dict[str, float]:
+    """Nested metrics as MLflow keys: {"methods": {"gradcam": {"deletion_auc": x}}} -> {"methods.gradcam.deletion_auc": x}."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def save_metrics(cfg: DictConfig, job: str, metrics: Mapping) -> None:
+    """MLflow metrics of the run and ``metrics/<job>.json`` (the DVC metrics file, nested where the job
+    nests them)."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    mlflow.set_tag("final_metrics", ",".join(sorted(metrics)))  # which metrics compare/report show
+    mlflow.log_metrics(flat(metrics))
+    headline = sorted(k for k, v in metrics.items() if not isinstance(v, Mapping))
+    mlflow.set_tag("final_metrics", ",".join(headline))  # which metrics compare/report show
     write_json(Path(cfg.paths.metrics) / f"{job}.json", dict(metrics))
+
+
+def save_table(rows: Mapping[str, Mapping[str, float]], name: str, key: str = "method") -> None:
+    """{row name: {column: value}} as an MLflow table (``mlflow.log_table``): one row per entry."""
+    import mlflow
+
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    mlflow.log_table({key: list(rows), **{c: [row.get(c) for row in rows.values()] for c in columns}},
+                     artifact_file=name)

@@ -70,6 +70,16 @@ def metrics_table(metrics: dict) -> str:
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
 
 
+def comparison_table(rows: dict) -> str:
+    """{method: {metric: value}} as one table, a row per method (saliency's ``methods``)."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+        f"<td>{row[c]:.4g}</td>" if isinstance(row.get(c), (int, float)) else "<td>-</td>" for c in columns) + "</tr>"
+        for name, row in rows.items())
+    return f'<table class="methods"><tr><th>method</th>{head}</tr>{body}</table>'
+
+
 def curve_svg(rows: list[dict], keys: tuple[str, ...] = ("train_accuracy", "val_accuracy"), width: int = 520,
               height: int = 240) -> str:
     """Per-epoch curves (fractions 0..1) as an inline SVG line chart."""
@@ -139,6 +149,10 @@ def section(job: str, title: str, blurb: str, root: Path, cfg: DictConfig, run, 
             parts.append("<details><summary>parameters</summary><table>" + "".join(
                 f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in shown) + "</table></details>")
     metrics = read_json(Path(cfg.paths.metrics) / f"{job}.json")
+    if metrics and isinstance(metrics.get("methods"), dict):
+        parts.append("<p>Methods compared on the same images (deletion: lower is better; insertion and sanity "
+                     "Spearman: see the text; infidelity and max-sensitivity: lower is better):</p>"
+                     + comparison_table(metrics.pop("methods")))
     parts.append(metrics_table(metrics) if metrics else '<p class="missing">no metrics yet (dvc repro ' + job + ")</p>")
     folder = root / job
     images = sorted(folder.glob("*.png")) if folder.is_dir() else []

@@ -35,8 +35,19 @@ class Attribution:
             out.append(grad.contiguous())
         return torch.cat(out) if out else images.new_zeros(images.shape, dtype=torch.float32)
 
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """S_y per image (N,) on the CPU, in batches."""
+        device = next(iter(self.model.buffers())).device
+        out = []
+        for lo in range(0, len(images), self.batch_size):
+            x = as_input(as_float(images[lo:lo + self.batch_size].to(device)), self.precision)
+            target = targets[lo:lo + self.batch_size].to(device)
+            out.append(forward(self.model, x, self.precision).gather(1, target[:, None])[:, 0].cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-pixel, per-channel attribution (N, 3, H, W)."""
+        """Per-pixel attribution (N, 3, H, W), or (N, 1, H, W) for methods with one value per pixel."""
         raise NotImplementedError
 
     def maps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,20 @@ class IntegratedGradients(Attribution):
             raise ConfigError(f"unknown integrated_gradients baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
         self.steps, self.baseline = int(steps), baseline
 
+    def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
+        return baseline_like(self.model, x) if self.baseline == "mean" else torch.zeros_like(x)
+
+    @torch.no_grad()
+    def convergence_delta(self, images: torch.Tensor, targets: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
+        """|sum of the attributions - (S(x) - S(baseline))| per image: 0 for the exact integral, so it
+        says whether ``steps`` is enough (Sundararajan et al.'s completeness axiom)."""
+        x = as_float(images)
+        gap = self.scores(x, targets) - self.scores(self.baseline_for(x).expand_as(x), targets)
+        return (attributions.flatten(1).sum(1).to(gap) - gap).abs()
+
     def attribute(self, images, targets):
         x = as_float(images)
-        base = baseline_like(self.model, x) if self.baseline == "mean" else torch.zeros_like(x)
+        base = self.baseline_for(x)
         total = torch.zeros_like(x)
         for k in range(self.steps):
             alpha = (k + 0.5) / self.steps

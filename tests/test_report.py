@@ -50,5 +50,5 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
 def test_saliency_comparison_is_one_table(tmp_path):
     rows = {"gradcam": {"deletion_auc": 0.05, "infidelity": 1.5}, "occlusion": {"deletion_auc": 0.07}}
     table = report.comparison_table(rows)
-    assert table.count("<tr>") == 3 and "<th>infidelity</th>" in table and "<td>-</td>" in table
+    assert table.count("<tr>") == 3 and "<th>infidelity</th>" in table and "<th>deletion auc</th>" in table and "<td>-</td>" in table
     assert "<td>gradcam</td><td>0.05</td><td>1.5</td>" in table

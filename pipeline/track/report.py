@@ -37,7 +37,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eee; }
-.meta { color: #666; font-size: 0.9em; } .missing { color: #a00; }
+.meta { color: #666; font-size: 0.9em; } table.methods th { max-width: 7em; } .missing { color: #a00; }
 """
 
 # Marks the page with how many images decoded, so a browser (or a test) can check it at a glance.
@@ -73,7 +73,7 @@ def metrics_table(metrics: dict) -> str:
 def comparison_table(rows: dict) -> str:
     """{method: {metric: value}} as one table, a row per method (saliency's ``methods``)."""
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)  # wraps: the table fits
     body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
         f"<td>{row[c]:.4g}</td>" if isinstance(row.get(c), (int, float)) else "<td>-</td>" for c in columns) + "</tr>"
         for name, row in rows.items())
@@ -150,8 +150,10 @@ def section(job: str, title: str, blurb: str, root: Path, cfg: DictConfig, run, 
                 f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in shown) + "</table></details>")
     metrics = read_json(Path(cfg.paths.metrics) / f"{job}.json")
     if metrics and isinstance(metrics.get("methods"), dict):
-        parts.append("<p>Methods compared on the same images (deletion: lower is better; insertion and sanity "
-                     "Spearman: see the text; infidelity and max-sensitivity: lower is better):</p>"
+        parts.append("<p>Methods compared on the same images. Lower is better for deletion AUC, infidelity and "
+                     "max-sensitivity; higher for insertion AUC (each beside a random pixel order); a low sanity "
+                     "Spearman means the map changes when the model's weights are re-initialised, i.e. it depends "
+                     "on what the model learned (Adebayo et al. 2018).</p>"
                      + comparison_table(metrics.pop("methods")))
     parts.append(metrics_table(metrics) if metrics else '<p class="missing">no metrics yet (dvc repro ' + job + ")</p>")
     folder = root / job

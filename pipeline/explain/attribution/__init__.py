@@ -1,3 +1,3 @@
-"""Gradient attribution: which pixels the class score is most sensitive to. One module per method
-(``gradient``, ``smoothgrad``, ``gradient_x_input``, ``integrated_gradients``) on ``base.Attribution``;
-``pipeline.explain.attribution.registry`` builds a method from its ``conf/attribution/<name>.yaml``."""
+"""Attribution: which pixels a class score depends on. One module per method, each a subclass of
+``base.Attribution`` with a config of its own in ``conf/attribution/<name>.yaml``;
+``registry.factory`` builds a method from that file by name (or from any ``_target_`` mapping)."""

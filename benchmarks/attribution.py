@@ -6,7 +6,7 @@ plain forward+backward; occlusion of all 100 val images of one class (8x8 patch,
 one forward pass over all the occluded images. Needs the train stage's model and Captum
 (``pip install -e ".[bench]"``).
 
-    python benchmarks/attribution.py [--batch 64] [--repeats 2]
+    python benchmarks/attribution.py [--batch 64] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def captum_methods(model, mean: torch.Tensor, layer: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many timed calls")
     parser.add_argument("--slow-images", type=int, default=8, help="images for the methods with many passes each")
     args = parser.parse_args()
     cfg = compose_config("saliency")
@@ -79,7 +79,7 @@ def main() -> None:
     print(f"model {subject.meta['arch']['arch']} (val accuracy {subject.meta.get('val_accuracy', float('nan')):.4f}), "
           f"{torch.get_num_threads()} threads, batch {args.batch} ({args.slow_images} images for {', '.join(sorted(slow))}), "
           f"Grad-CAM layer {layer}")
-    print(f"{'method':<22}{'ours fp32':>12}{'ours bf16':>12}{'Captum':>12}{'Captum / ours':>15}   images/s")
+    print(f"{'method':<22}{'ours fp32':>12}{'ours bf16':>12}{'Captum':>12}{'ours vs Captum':>15}   images/s")
     for name in ["gradient", "gradcam", "guided_backprop", "guided_gradcam", "integrated_gradients", "noise_tunnel",
                  "occlusion"]:
         n = args.slow_images if name in slow else args.batch

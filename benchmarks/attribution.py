@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.explain.attribution.registry import factory  # noqa: E402
+from pipeline.explain.faithfulness import spearman  # noqa: E402
 from pipeline.explain.subject import load_subject  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
 from pipeline.model.precision import as_input  # noqa: E402
@@ -79,18 +80,21 @@ def main() -> None:
     print(f"model {subject.meta['arch']['arch']} (val accuracy {subject.meta.get('val_accuracy', float('nan')):.4f}), "
           f"{torch.get_num_threads()} threads, batch {args.batch} ({args.slow_images} images for {', '.join(sorted(slow))}), "
           f"Grad-CAM layer {layer}")
-    print(f"{'method':<22}{'ours fp32':>12}{'ours bf16':>12}{'Captum':>12}{'ours vs Captum':>15}   images/s")
+    print(f"{'method':<22}{'ours fp32':>12}{'ours bf16':>12}{'Captum':>12}{'ours vs Captum':>15}"
+          f"{'bf16 maps vs fp32 (Spearman mean / min)':>42}   images/s")
     for name in ["gradient", "gradcam", "guided_backprop", "guided_gradcam", "integrated_gradients", "noise_tunnel",
                  "occlusion"]:
         n = args.slow_images if name in slow else args.batch
         xb, tb = x[:n], t[:n]
-        rate = {}
+        rate, maps = {}, {}
         for precision in ("fp32", "bf16"):
             method = factory(name, options.get(name, {}), precision=precision, batch_size=max(args.batch, 100))(model)
             rate[precision] = n / seconds(lambda: method.attribute(xb, tb), args.repeats)
+            maps[precision] = method.maps(xb, tb)
         rate["captum"] = n / seconds(lambda: theirs[name](xb.clone(), tb), args.repeats)
+        rho = spearman(maps["fp32"], maps["bf16"])
         print(f"{name:<22}{rate['fp32']:12.1f}{rate['bf16']:12.1f}{rate['captum']:12.1f}"
-              f"{rate['fp32'] / rate['captum']:14.2f}x")
+              f"{rate['fp32'] / rate['captum']:14.2f}x{float(rho.mean()):>30.4f} / {float(rho.min()):.4f}")
 
     bare = seconds(lambda: model(as_input(x.clone().requires_grad_(True))).gather(1, t[:, None]).sum().backward(),
                    args.repeats)

@@ -3,7 +3,6 @@ settings (fp64, so differences are the methods', not rounding)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import tiny_classifier
 
 from pipeline.errors import ConfigError

@@ -181,5 +181,5 @@ def job_config(job: str, files: dict, out: Path, *overrides: str):
 
     return compose_config(job, [
         f"paths.prepared={files['prepared']}", f"paths.classifier={files['classifier']}",
-        f"paths.results={out}/results", f"paths.metrics={out}/metrics",
+        f"paths.results={out}/results", f"paths.metrics={out}/metrics", f"paths.plots={out}/plots",
         f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false", *overrides])

@@ -62,7 +62,8 @@ def test_every_registered_job_has_its_stage(job):
     assert job.name in stages(), f"registered job {job.name!r} has no stage in dvc.yaml"
     stage = stages()[job.name]
     assert stage["cmd"] == job.command
-    assert set(job.outputs) <= set(stage.get("outs", []))
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+    assert set(job.outputs) <= set(outs)
     metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
     assert job.metrics is None or job.metrics in metrics
     assert module_file(f"pipeline.{job.name}"), f"no command module pipeline/{job.name}.py"

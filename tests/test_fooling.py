@@ -107,6 +107,9 @@ def test_job_outputs_metrics_pngs_and_mlflow(subject_files, tmp_path):
         assert im.size == (64, 64) and im.mode == "RGB"
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("val_index,label,target") and len(rows) == saved["num_images"] + 1
+    plot = (tmp_path / "plots" / "fooling_iterations.csv").read_text().splitlines()  # the DVC plot, sorted
+    iterations = [int(line.split(",")[1]) for line in plot[1:]]
+    assert plot[0] == "image,iterations,linf,fooled" and iterations == sorted(iterations)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("fooling").experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "target_prob")

@@ -143,6 +143,9 @@ def test_inversion_job_by_depth(subject_files, tmp_path):
     assert {"psnr_stem", "normalized_error_stem", "shallow_psnr", "shallow_normalized_error", "deep_psnr"} <= set(saved)
     out = tmp_path / "results" / "inversion"
     assert (out / "by_depth.png").is_file() and (out / "original.png").is_file()
+    depth = (tmp_path / "plots" / "inversion_depth.csv").read_text().splitlines()  # the DVC plot
+    assert depth[0] == "depth,layer,psnr,normalized_error" and len(depth) == 1 + len(
+        [k for k in saved if k.startswith("psnr_")])
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("inversion").experiment_id])[0]
     assert len(client.get_metric_history(run.info.run_id, "feature_error")) == 8

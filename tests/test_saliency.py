@@ -139,6 +139,8 @@ def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
                "sanity_spearman_top_layer", "infidelity", "max_sensitivity", "images_per_second"}
     assert all(set(row) == columns for row in table.values())
     assert len({row["random_deletion_auc"] for row in table.values()}) == 1
+    curves = (tmp_path / "plots" / "saliency_curves.csv").read_text().splitlines()  # the DVC plot
+    assert curves[0] == "fraction,deletion,insertion,random_deletion,random_insertion" and len(curves) == 6
     for name, row in table.items():
         assert row == pytest.approx(metrics["methods"][name])
     out = tmp_path / "results" / "saliency"

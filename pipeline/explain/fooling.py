@@ -205,6 +205,9 @@ def run(cfg: DictConfig) -> dict:
              "iterations": int(iterations[i]), "l2": f"{float(l2[i]):.3f}", "linf": f"{float(linf[i]):.3f}"}
             for i in range(len(images))])
         mlflow.log_artifact(str(tmp / "results.csv"))
+        write_csv(Path(cfg.paths.plots) / "fooling_iterations.csv", [  # DVC plot: iterations each image needed
+            {"image": k, "iterations": int(iterations[i]), "linf": float(linf[i]), "fooled": int(success[i])}
+            for k, i in enumerate(sorted(range(len(images)), key=lambda i: int(iterations[i])))])
         save_metrics(cfg, "fooling", metrics)
         log.info("fooled %.1f%% (%.1f%% after PNG round trip) of %d images; median %s iterations, "
                  "median Linf %.2f, %.1fs", 100 * metrics["success_rate"], 100 * metrics["quantized_success_rate"],

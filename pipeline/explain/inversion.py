@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
+from pipeline.files import write_csv
 from pipeline.data.images import center_square
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier, reference_layer
@@ -101,6 +103,9 @@ def run(cfg: DictConfig) -> dict:
             raise ConfigError("the optimisation diverged (non-finite metrics); lower inversion.lr")
         for step, (name, err, db) in enumerate(zip(names, errors, quality.tolist())):  # the per-depth curve
             mlflow.log_metrics({"depth_normalized_error": err, "depth_psnr": db}, step=step)
+        write_csv(Path(cfg.paths.plots) / "inversion_depth.csv", [  # DVC plot: PSNR by depth
+            {"depth": step, "layer": f"{i} {name}", "psnr": db, "normalized_error": err}
+            for step, (i, name, err, db) in enumerate(zip(layers, names, errors, quality.tolist()))])
         figures.save_png(image, tmp / "original.png")
         for i, name in enumerate(names):
             figures.save_png(recon[i], tmp / f"layer{layers[i]:02d}_{name}.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,6 +25,7 @@ from pipeline.model.architectures import ImageClassifier
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics, save_table
 from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
+from pipeline.files import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,16 @@ def faithfulness(subject: Subject, make_method: Callable[[ImageClassifier], Attr
     pixels = maps[0].numel()
     r_deletion, r_insertion = curves(subject.model, images, targets, random_ranks(len(images), pixels, cfg.seed),
                                      **options)
+    rows = []
     for k in range(deletion.shape[1]):  # mean curves, plotted by the MLflow UI against the step (= k/steps removed)
         mlflow.log_metrics({"curve_deletion": float(deletion[:, k].mean()),
                             "curve_insertion": float(insertion[:, k].mean()),
                             "curve_random_deletion": float(r_deletion[:, k].mean()),
                             "curve_random_insertion": float(r_insertion[:, k].mean())}, step=k)
+        rows.append({"fraction": k / (deletion.shape[1] - 1), "deletion": float(deletion[:, k].mean()),
+                     "insertion": float(insertion[:, k].mean()), "random_deletion": float(r_deletion[:, k].mean()),
+                     "random_insertion": float(r_insertion[:, k].mean())})
+    write_csv(Path(cfg.paths.plots) / "saliency_curves.csv", rows)  # DVC plot: dvc plots show
     metrics = {"deletion_auc": float(auc(deletion).mean()), "insertion_auc": float(auc(insertion).mean()),
                "random_deletion_auc": float(auc(r_deletion).mean()),
                "random_insertion_auc": float(auc(r_insertion).mean()),

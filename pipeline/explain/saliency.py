@@ -41,14 +41,14 @@ def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, pr
     return figures.grid(tiles, captions, columns=len(images), scale=3, caption_lines=3, font_size=11)
 
 
-def faithfulness(subject: Subject, make_method: Callable[[ImageClassifier], Attribution], s: DictConfig,
-                 cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor) -> dict:
+def faithfulness(subject: Subject, method: Attribution, make_method: Callable[[ImageClassifier], Attribution],
+                 s: DictConfig, cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor) -> dict:
     import mlflow
 
     e = s.evaluation
     images = subject.data.split("val").images[index].float()
     started = time.perf_counter()
-    maps = make_method(subject.model).maps(images, targets)
+    maps = method.maps(images, targets)
     seconds = time.perf_counter() - started
     options = dict(steps=e.steps, blur_sigma=e.blur_sigma, batch_size=max(s.batch_size, 250), precision=s.precision)
     deletion, insertion = curves(subject.model, images, targets, pixel_ranks(maps), **options)
@@ -82,11 +82,12 @@ def faithfulness(subject: Subject, make_method: Callable[[ImageClassifier], Attr
     return metrics
 
 
-def evaluate_method(subject: Subject, make_method, c: DictConfig, cfg: DictConfig, images: torch.Tensor,
-                    targets: torch.Tensor, random: tuple[torch.Tensor, torch.Tensor], options: dict) -> dict:
+def evaluate_method(subject: Subject, method: Attribution, make_method, c: DictConfig, cfg: DictConfig,
+                    images: torch.Tensor, targets: torch.Tensor, random: tuple[torch.Tensor, torch.Tensor],
+                    options: dict) -> dict:
     """One row of the comparison table: faithfulness (deletion / insertion beside the random order),
-    model randomisation, infidelity and max-sensitivity, speed."""
-    method = make_method(subject.model)
+    model randomisation (``make_method`` builds the method on the re-initialised models), infidelity
+    and max-sensitivity, speed."""
     started = time.perf_counter()
     maps = method.maps(images, targets)
     seconds = time.perf_counter() - started
@@ -126,9 +127,10 @@ def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, index: tor
     _, view_images, labels, _, view_targets = view
     for name in s.methods:
         make_method = factory(name, **common)
+        method = make_method(subject.model)
         started = time.perf_counter()
-        table[name] = evaluate_method(subject, make_method, c, cfg, images, targets, random, options)
-        rows.append(make_method(subject.model).maps(view_images, view_targets))
+        table[name] = evaluate_method(subject, method, make_method, c, cfg, images, targets, random, options)
+        rows.append(method.maps(view_images, view_targets))
         log.info("%s: deletion AUC %.3f, insertion AUC %.3f, sanity Spearman %s, infidelity %s, max-sensitivity %s "
                  "(%.0f s)", name, table[name]["deletion_auc"], table[name]["insertion_auc"],
                  *(f"{table[name][k]:.3g}" if k in table[name] else "-"
@@ -171,7 +173,7 @@ def run(cfg: DictConfig) -> dict:
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())
-        metrics = faithfulness(subject, make_method, s, cfg, *evaluation) if evaluation else {}
+        metrics = faithfulness(subject, method, make_method, s, cfg, *evaluation) if evaluation else {}
         if deltas:  # |sum of attributions - (S(x) - S(baseline))| over the views' images
             metrics["convergence_delta"] = float(torch.cat(deltas).mean())
         if s.methods and evaluation:

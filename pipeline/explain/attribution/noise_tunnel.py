@@ -7,6 +7,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.explain.attribution.base import Attribution, as_float
+from pipeline.explain.attribution.registry import factory
 
 AGGREGATIONS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -20,8 +21,6 @@ class NoiseTunnel(Attribution):
 
     def __init__(self, model, *, method="gradient", aggregation: str = "smoothgrad", samples: int = 25,
                  noise: float = 0.15, **kwargs):
-        from pipeline.explain.attribution.registry import factory
-
         super().__init__(model, **kwargs)
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown noise tunnel aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")

@@ -224,11 +224,15 @@ class TotalVariation(Objective):
         return "TotalVariation()"
 
 
+def check_prior_weights(l2: float, tv: float) -> None:
+    if l2 < 0 or tv < 0:
+        raise ConfigError(f"prior weights must be >= 0, got l2={l2}, tv={tv}")
+
+
 def with_priors(objective: Objective, *, l2: float = 0.0, tv: float = 0.0,
                 center: torch.Tensor | None = None) -> Objective:
     """``objective - l2 * L2(center) - tv * TV()``, leaving out priors of weight 0."""
-    if l2 < 0 or tv < 0:
-        raise ConfigError(f"prior weights must be >= 0, got l2={l2}, tv={tv}")
+    check_prior_weights(l2, tv)
     if l2:
         objective = objective - l2 * L2(center)
     if tv:

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.explain.building import instantiate
-from pipeline.explain.engine.objectives import Objective, with_priors
+from pipeline.explain.engine.objectives import Objective, check_prior_weights, with_priors
 from pipeline.explain.engine.steps import StepRule, step_rule
 from pipeline.explain.engine.transforms import Blur, Clip, GaussianBlur, Jitter
 from pipeline.model.precision import check_precision
@@ -40,6 +40,7 @@ class Regime:
         if int(self.steps) < 0:
             raise ConfigError(f"number of steps must be >= 0, got {self.steps}")
         check_precision(self.precision)
+        check_prior_weights(self.l2, self.tv)
 
     def objective(self, objective: Objective) -> Objective:
         """``objective`` with this regime's image priors."""
@@ -58,8 +59,6 @@ def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str =
         constraints.append(Blur(every=blur_every, center=center))
     elif blur == "gaussian":
         constraints.append(GaussianBlur(blur_sigma, every=blur_every, center=center))
-    if l2 < 0 or tv < 0:
-        raise ConfigError(f"prior weights must be >= 0, got l2={l2}, tv={tv}")
     return Regime(steps=int(iterations), step=step_rule(step, lr), transforms=[Jitter(jitter)] if jitter else [],
                   constraints=constraints, l2=float(l2), tv=float(tv), center=center, precision=precision,
                   show_every=int(show_every))

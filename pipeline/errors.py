@@ -19,3 +19,10 @@ class ConfigError(PipelineError, ValueError):
 
 class TrackingError(PipelineError):
     """The MLflow tracking store cannot be used."""
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """A message as one line of at most ``limit`` characters: foreign errors (a SQLAlchemy traceback,
+    an HTML page from a server that is not MLflow) must not flood the terminal."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +19,10 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, one_line
+from pipeline.files import atomic_path
+from pipeline.redaction import redact, redact_log_records
+from pipeline.schema import check_types, job_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -71,30 +75,88 @@ def primary_config(job: str) -> str:
     return job if (CONF_DIR / f"{job}.yaml").is_file() else "config"
 
 
+def scrub_hydra_outputs() -> None:
+    """Redact credentials from the files Hydra wrote before the job started (``.hydra/config.yaml``,
+    ``hydra.yaml``, ``overrides.yaml``, and a sweep's ``multirun.yaml``): they record the command
+    line verbatim, ``data.url=https://user:pass@...`` included."""
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        folder = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+        files += [folder / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        clean = redact(text)
+        if clean != text:
+            with atomic_path(path) as tmp:
+                tmp.write_text(clean)
+
+
+def check_config(cfg: DictConfig, config_name: str) -> None:
+    """Types against the defaults (pipeline.schema), before the job opens an MLflow run."""
+    defaults = job_defaults(config_name)
+    if defaults is not None:
+        check_types(cfg, defaults)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, delivered as Ctrl-C is, so every ``finally`` and ``atomic_path`` cleans up the same way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
 def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Wrap ``run`` as the Hydra entry point of job ``name`` over its primary config: ``conf/<name>.yaml``
     where the job has one (it extends ``config.yaml`` with the job's section, so its MLflow params and
     DVC params stay focused), else ``conf/config.yaml``.
-    """
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=primary_config(name))
+    Before ``run``: credentials are scrubbed from Hydra's output files and from every log record,
+    and config types are checked. Errors the user can fix end the process with one line on stderr
+    (exit 1); Ctrl-C and SIGTERM end it after the clean-up, with exit 130 / 143.
+    """
+    config_name = primary_config(name)
+
     def main(cfg: DictConfig) -> object:
+        scrub_hydra_outputs()
         threads = os.environ.get("PIPELINE_THREADS")  # set by pipeline.sweep for parallel launchers
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
         try:
+            check_config(cfg, config_name)
             return objective_value(cfg, run(cfg))
         except PipelineError as exc:
-            log.error("%s failed: %s", name, exc)
-            print(f"{name}: error: {exc}", file=sys.stderr)
+            message = one_line(redact(str(exc)))
+            log.error("%s failed: %s", name, message)
+            print(f"{name}: error: {message}", file=sys.stderr)
             sys.exit(1)
+
+    main.__module__ = f"pipeline.{name}"  # Hydra names the job (and its outputs/ folder) after this
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(main)
 
     def entry() -> object:
         global CURRENT_JOB
         CURRENT_JOB = name  # for Hydra callbacks (pipeline.sweep), which run before any job
-        return main()
+        redact_log_records()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return main()
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Interrupted)
+            log.warning("%s interrupted by %s; temporary outputs removed", name, "SIGTERM" if terminated else "Ctrl-C")
+            print(f"{name}: interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); temporary outputs removed",
+                  file=sys.stderr)
+            sys.exit(143 if terminated else 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     entry.__name__ = f"{name}_main"
     return entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import sys
 import threading
@@ -33,11 +34,13 @@ def synthetic_zip(tmp_path):
 
 class Route:
     """What the server does for one path: serve ``body``, optionally cut after ``cut_at`` bytes
-    (``cuts`` times), or answer ``status``, or stall ``delay`` seconds first."""
+    (``cuts`` times), or answer ``status``, or stall ``delay`` seconds first; with ``auth``
+    ("user:password") it demands HTTP basic auth."""
 
     def __init__(self, body: bytes = b"", *, status: int = 200, cut_at: int | None = None, cuts: int = 1,
-                 delay: float = 0.0, ranges: bool = True):
+                 delay: float = 0.0, ranges: bool = True, auth: str | None = None):
         self.body, self.status, self.cut_at, self.cuts, self.delay, self.ranges = body, status, cut_at, cuts, delay, ranges
+        self.auth = auth
         self.requests: list[dict] = []
 
 
@@ -57,7 +60,15 @@ class LoopbackServer:
                 if route is None:
                     self.send_error(404, "Not Found")
                     return
-                route.requests.append({"range": self.headers.get("Range")})
+                route.requests.append({"range": self.headers.get("Range"), "path": self.path})
+                if route.auth is not None:
+                    expected = "Basic " + base64.b64encode(route.auth.encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="test"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 if route.delay:
                     time.sleep(route.delay)
                 if route.status != 200:

@@ -88,3 +88,43 @@ def make_zip(path: Path, *, num_classes: int = 4, train_per_class: int = 6, val_
 def decode(data: bytes) -> np.ndarray:
     """Reference decode: PIL, converted to RGB, as (3, H, W) uint8."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+
+
+def jpeg_declaring(width: int, height: int, seed: int = 0) -> bytes:
+    """A valid 64x64 JPEG whose frame header (SOF0) is patched to declare ``width`` x ``height``: a
+    decompression bomb's header in 2 KB (a decoder would allocate width*height*3 bytes)."""
+    data = bytearray(jpeg(np.random.default_rng(seed)))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` RGB pixels in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def set_declared_size(path: Path, member: str, size: int) -> None:
+    """Patch the uncompressed size the central directory records for ``member`` (a lying header)."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.start_dir
+    name = member.encode()
+    while raw[offset:offset + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = struct.unpack("<HHH", raw[offset + 28:offset + 34])
+        if raw[offset + 46:offset + 46 + name_len] == name:
+            raw[offset + 24:offset + 28] = struct.pack("<I", size)
+            path.write_bytes(bytes(raw))
+            return
+        offset += 46 + name_len + extra_len + comment_len
+    raise KeyError(member)

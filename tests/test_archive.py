@@ -40,6 +40,48 @@ def test_oversized_total_is_rejected(tmp_path):
     archive.open_checked(path, max_total_bytes=10_000).close()
 
 
+def test_total_cap_error_names_the_member_and_the_real_key(tmp_path):
+    path = write_zip(tmp_path / "big.zip", {"root/a": b"\0" * 5000, "root/b": b"\0" * 5000})
+    with pytest.raises(DataError, match=r"at member root/b \(5000 bytes; set data\.prepare\.max_total_bytes") as caught:
+        archive.open_checked(path, max_total_bytes=8000)
+    assert "\n" not in str(caught.value)
+
+
+def test_default_total_cap_fits_the_dataset_not_8_gib(tmp_path):
+    """A member claiming 2 GiB is refused under the defaults (8 GiB let a bomb that size through)."""
+    path = write_zip(tmp_path / "claims.zip", {"root/wnids.txt": "n1\n", "root/train/n1/images/n1_0.JPEG": b"x"})
+    synthetic.set_declared_size(path, "root/train/n1/images/n1_0.JPEG", 2 << 30)
+    with pytest.raises(DataError, match="data.prepare.max_total_bytes"):
+        archive.open_checked(path)
+    assert archive.DEFAULT_MAX_TOTAL_BYTES == 1 << 30
+
+
+def test_conf_limits_match_the_code_defaults():
+    import yaml
+    from conftest import REPO
+
+    conf = yaml.safe_load((REPO / "conf" / "data" / "tiny-imagenet-100-A.yaml").read_text())["prepare"]
+    assert conf["max_total_bytes"] == archive.DEFAULT_MAX_TOTAL_BYTES
+    assert conf["max_image_bytes"] == archive.DEFAULT_MAX_IMAGE_BYTES
+    assert conf["max_text_bytes"] == archive.DEFAULT_MAX_TEXT_BYTES
+
+
+def test_read_member_is_capped_whatever_the_header_says(tmp_path):
+    big = b"\0" * (4 << 20)
+    path = write_zip(tmp_path / "m.zip", {"root/big.JPEG": big, "root/lies.JPEG": big, "root/ok.txt": b"fine"})
+    with archive.open_checked(path) as zf:
+        with pytest.raises(DataError, match=r"member root/big\.JPEG is 4194304 bytes, more than the limit of "
+                                            r"1048576 \(data\.prepare\.max_image_bytes\)"):
+            archive.read_member(zf, "root/big.JPEG", 1 << 20, "data.prepare.max_image_bytes")
+        assert archive.read_member(zf, "root/ok.txt", 4, "k") == b"fine"
+        with pytest.raises(DataError, match=r"root/ok\.txt .*data\.prepare\.max_text_bytes"):
+            archive.read_text(zf, "root/ok.txt", limit=3)
+    synthetic.set_declared_size(path, "root/lies.JPEG", 1000)  # claims 1000 bytes, holds 4 MiB
+    with archive.open_checked(path) as zf:
+        with pytest.raises(DataError, match=r"root/lies\.JPEG"), archive.member_errors(path, "root/lies.JPEG"):
+            archive.read_member(zf, "root/lies.JPEG", 1 << 20, "data.prepare.max_image_bytes")
+
+
 def test_truncated_and_non_zip_files_are_rejected(synthetic_zip, tmp_path):
     path, _ = synthetic_zip
     truncated = tmp_path / "truncated.zip"

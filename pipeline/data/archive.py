@@ -3,7 +3,9 @@
 ``<root>/wnids.txt``, ``<root>/words.txt``, ``<root>/train/<wnid>/images/*.JPEG``,
 ``<root>/val/images/*.JPEG`` with ``<root>/val/val_annotations.txt``, ``<root>/test/images/*.JPEG``.
 Archives come from the network, so member names and sizes are checked before anything is
-read or written (zip-slip, zip bombs), and nothing is ever loaded into memory whole.
+read or written (zip-slip, zip bombs). Nothing is loaded into memory whole without a limit:
+members are copied in streams, and the few read into memory (``read_member``: text files, one
+image) stop at a per-member cap however large the member claims or turns out to be.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import stat
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
 
-DEFAULT_MAX_TOTAL_BYTES = 8 << 30  # uncompressed; the real 100-A zip holds 121 MB, the 200 one ~0.5 GB
+# Defaults of conf/data/*.yaml `prepare:`. Uncompressed sizes: the real 100-A zip holds 121 MB
+# (words.txt, the largest text, 2.6 MB; images ~2 KB each), the 200-class one about twice that.
+DEFAULT_MAX_TOTAL_BYTES = 1 << 30
+DEFAULT_MAX_IMAGE_BYTES = 16 << 20
+DEFAULT_MAX_TEXT_BYTES = 64 << 20
 DEFAULT_MAX_MEMBERS = 500_000
 
 
@@ -47,8 +54,9 @@ def open_checked(path: str | os.PathLike, *, max_total_bytes: int = DEFAULT_MAX_
                 raise DataError(f"{path}: member {info.filename!r} is a symbolic link; refusing the archive")
             total += info.file_size
             if total > max_total_bytes:
-                raise DataError(f"{path}: uncompressed size exceeds the limit of {max_total_bytes} bytes "
-                                "(set data.max_total_bytes to allow more)")
+                raise DataError(f"{path}: uncompressed size exceeds the limit of {max_total_bytes} bytes at member "
+                                f"{info.filename} ({info.file_size} bytes; set data.prepare.max_total_bytes "
+                                "to allow more)")
     except BaseException:
         zf.close()
         raise
@@ -90,9 +98,40 @@ def member_errors(archive_path, name: str):
         raise DataError(f"{archive_path}: member {name} cannot be read ({exc})") from None
 
 
-def read_text(zf: zipfile.ZipFile, name: str) -> str:
+def read_member(zf: zipfile.ZipFile, name: str, limit: int, key: str,
+                inspect: Callable[[bytearray], None] | None = None) -> bytearray:
+    """The bytes of member ``name``, refused with a DataError naming ``key`` (the config key of
+    ``limit``) when it holds more than ``limit`` bytes.
+
+    At most ``limit + 1`` bytes are ever decompressed, in 1 MiB pieces into one buffer, so
+    neither a header that lies about the size nor a member of a few GB can exhaust memory.
+    ``inspect`` sees the first piece before the rest is read, to refuse a member by its header.
+    The result is writable, for ``torch.frombuffer`` without a copy. Read errors propagate
+    (KeyError, ``MEMBER_ERRORS``) for the caller to name.
+    """
+    info = zf.getinfo(name)
+    if info.file_size > limit:  # the honest case, refused without reading
+        raise DataError(f"{zf.filename}: member {name} is {info.file_size} bytes, more than the limit of {limit} "
+                        f"({key})")
+    data = bytearray()
+    with zf.open(info) as src:
+        while len(data) <= limit:
+            piece = src.read(min(1 << 20, limit + 1 - len(data)))
+            if not piece:
+                break
+            data += piece
+            if inspect is not None and len(data) == len(piece):
+                inspect(data)
+    if len(data) > limit:
+        raise DataError(f"{zf.filename}: member {name} holds more than the limit of {limit} bytes ({key}; "
+                        f"its header claims {info.file_size})")
+    return data
+
+
+def read_text(zf: zipfile.ZipFile, name: str, *, limit: int = DEFAULT_MAX_TEXT_BYTES) -> str:
+    """A UTF-8 text member (wnids.txt, words.txt, val_annotations.txt), capped at ``limit`` bytes."""
     try:
-        return zf.read(name).decode("utf-8")
+        return read_member(zf, name, limit, "data.prepare.max_text_bytes").decode("utf-8")
     except KeyError:
         raise DataError(f"{zf.filename}: missing {name}") from None
     except (*MEMBER_ERRORS, OSError, UnicodeDecodeError) as exc:

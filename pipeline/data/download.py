@@ -17,9 +17,10 @@ from pipeline.data import archive
 
 from pipeline.track import tracking
 from pipeline.errors import ConfigError, DataError
-from pipeline.data.fetch import fetch, redact, sha256_file
+from pipeline.data.fetch import fetch, is_sha256, sha256_file
 from pipeline.files import write_json
 from pipeline.job import hydra_job, overrides
+from pipeline.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,16 @@ def download_dataset(data: DictConfig, dest: Path, *, progress: bool | None = No
     """Fetch ``data.url`` to ``dest`` (deriving the subset when asked); return what to record."""
     if data.source not in SOURCES:
         raise ConfigError(f"unknown data.source {data.source!r}; choose one of {', '.join(SOURCES)}")
+    check_sha256(data.sha256)
     derive = data.source == "tiny-imagenet-200"
     target = dest.with_name(Path(data.url.split("?")[0]).name or "source.zip") if derive else dest
     if derive and target == dest:
         target = dest.with_name("source-" + dest.name)
     start = time.perf_counter()
-    source_sha256 = fetch(data.url, target, sha256=data.sha256, retries=data.download.retries,
-                          timeout=data.download.timeout, backoff=data.download.backoff, progress=progress)
+    settings = data.download
+    source_sha256 = fetch(data.url, target, sha256=data.sha256, retries=settings.retries, timeout=settings.timeout,
+                          backoff=settings.backoff, deadline=settings.deadline, min_rate=settings.min_rate,
+                          progress=progress)
     seconds = time.perf_counter() - start
     if not zipfile.is_zipfile(target):
         head = target.read_bytes()[:60]
@@ -56,9 +60,16 @@ def download_dataset(data: DictConfig, dest: Path, *, progress: bool | None = No
     return record
 
 
+def check_sha256(value) -> None:
+    """A malformed checksum is a config mistake: say so before any download, not after an hour of one."""
+    if value is not None and not is_sha256(value):
+        raise ConfigError(f"data.sha256={value!r}: expected 64 hexadecimal characters (or null)")
+
+
 def run(cfg: DictConfig) -> dict:
     import mlflow
 
+    check_sha256(cfg.data.sha256)  # before an MLflow run exists
     dest = Path(cfg.paths.raw_zip)
     with tracking.start_run(cfg, "download", overrides=overrides()):
         log.info("downloading %s -> %s", redact(cfg.data.url), dest)

@@ -1,4 +1,8 @@
-"""Job ``prepare``: decode the downloaded zip into the compact cache every later job reads."""
+"""Job ``prepare``: decode the downloaded zip into the compact cache every later job reads.
+
+The zip's size limits (zip bombs) are ``data.prepare.max_total_bytes`` / ``max_image_bytes`` /
+``max_text_bytes``; Ctrl-C or SIGTERM stop the decode workers and leave no temporary cache.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ def run(cfg: DictConfig) -> dict:
     zip_path = Path(cfg.paths.raw_zip)
     dataset_sha256 = sha256_file(zip_path) if zip_path.is_file() else None
     with tracking.start_run(cfg, "prepare", dataset_sha256=dataset_sha256, overrides=overrides()):
-        stats = data.prepare(zip_path, cfg.paths.prepared, image_size=cfg.data.image_size,
-                             workers=cfg.data.prepare.workers, max_total_bytes=cfg.data.prepare.max_total_bytes,
-                             progress=cfg.progress)
+        opts = cfg.data.prepare
+        stats = data.prepare(zip_path, cfg.paths.prepared, image_size=cfg.data.image_size, workers=opts.workers,
+                             max_total_bytes=opts.max_total_bytes, max_image_bytes=opts.max_image_bytes,
+                             max_text_bytes=opts.max_text_bytes, progress=cfg.progress)
         prepared = data.load_prepared(cfg.paths.prepared)
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if k != "zip_sha256"})
         mlflow.log_dict({"wnids": prepared.wnids, "class_names": prepared.class_names, "words": prepared.words},

@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
     model = subject.model
     regime = from_config(c.regime, center=model.mean_image.detach().cpu())
     layer = dream_layer(c.layer, model)
-    image, caption = subject.source_image(c.image, c.val_index)
+    image, caption = subject.source_image(c.image, c.val_index, cfg.images)
     image = fit_max_side(image, c.max_side)
     octave_sizes(image.shape[1], image.shape[2], c.octaves, c.octave_scale)
     with job_outputs(cfg, "deepdream", subject, tags={"layer": model.layer_names[layer]}) as tmp:

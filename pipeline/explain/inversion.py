@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
     shallow, deep = named_layer(c.shallow_layer, model, 3), named_layer(c.deep_layer, model, 6)
     layers = sorted(set(layers) | {shallow, deep})
     regime = from_config(c.regime, center=model.mean_image.detach().cpu())
-    image, caption = subject.source_image(c.image, c.val_index)
+    image, caption = subject.source_image(c.image, c.val_index, cfg.images)
     size = subject.data.image_size
     if tuple(image.shape[-2:]) != (size, size):
         image = center_square(image, size)

@@ -7,13 +7,13 @@ jobs never care where it came from; its class list must match the prepared data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Mapping
 
 import torch
 
 from pipeline.model.checkpoint import load_classifier, pick_device
 from pipeline.data.cache import PreparedData, load_prepared
-from pipeline.data.images import read_image
+from pipeline.data.images import image_name, read_image
 from pipeline.errors import ConfigError, DataError
 from pipeline.model.architectures import ImageClassifier
 from pipeline.model.precision import check_precision, frozen, probabilities
@@ -49,15 +49,16 @@ class Subject:
         return self._val_probabilities
 
     def targets(self, spec, labels: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
-        """Class per image from a config value: ``true``, ``predicted``, or one class (index, wnid, name)."""
-        if spec is True or spec == "true":
+        """Class per image from a config value: ``label`` (or ``true``), ``predicted``, or one class
+        (index, wnid, name)."""
+        if spec is True or spec in ("true", "label"):
             return labels.clone()
         if spec == "predicted":
             if predicted is None:
                 raise ConfigError("target=predicted needs the model's predictions")
             return predicted.clone()
         if spec is None or spec is False:
-            raise ConfigError("target must be true, predicted, or a class (index, wnid or name)")
+            raise ConfigError("target must be label, predicted, or a class (index, wnid or name)")
         return torch.full_like(labels, self.data.class_index(spec))
 
     def val_image(self, index: int) -> tuple[torch.Tensor, str]:
@@ -68,11 +69,12 @@ class Subject:
             raise ConfigError(f"val_index {i} out of range 0..{len(val) - 1}")
         return val.images[i].float(), f"val {i}: {self.class_names[int(val.labels[i])]}"
 
-    def source_image(self, source: str | None, val_index: int) -> tuple[torch.Tensor, str]:
+    def source_image(self, source: str | None, val_index: int, limits: Mapping | None = None
+                     ) -> tuple[torch.Tensor, str]:
         """(3, H, W) float pixels and a caption: the file or URL ``source`` when given, else val image
-        ``val_index``."""
+        ``val_index``. ``limits``: ``max_bytes`` / ``max_pixels`` for the untrusted file (conf ``images``)."""
         if source:
-            return read_image(str(source)), Path(str(source)).name
+            return read_image(str(source), **dict(limits or {})), image_name(str(source))
         return self.val_image(val_index)
 
     def label(self, index: int, probability: float | None = None) -> str:

@@ -7,15 +7,19 @@ buffer, so preprocessing travels with them) and the class list. Visualizations c
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, one_line
 from pipeline.files import atomic_path
 from pipeline.model.architectures import SOURCE_KEYS, ImageClassifier, build_model, load_cs231n_h5
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -38,12 +42,25 @@ def architecture(model_cfg: Mapping) -> dict:
     return {k: v for k, v in plain.items() if k == "arch" or k not in SOURCE_KEYS}
 
 
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A digest of the weights themselves (names, dtypes, shapes and bytes, in key order), so a
+    flipped bit or a swapped tensor is caught when the checkpoint is loaded."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_classifier(path: str | os.PathLike, model: ImageClassifier, arch: Mapping, *, wnids: list[str],
                     class_names: list[str], source: str, extra: Mapping | None = None) -> None:
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
         "arch": dict(arch),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
+        "state_dict_sha256": state_dict_sha256(state_dict),
         "wnids": list(wnids),
         "class_names": list(class_names),
         "source": source,
@@ -64,8 +81,22 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise DataError(f"{path}: not a classifier checkpoint ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a classifier checkpoint of format {FORMAT}")
-    model = build_model(payload["arch"])
-    model.load_state_dict(payload["state_dict"])
+    missing = [key for key in ("arch", "state_dict", "wnids") if key not in payload]
+    if missing or not isinstance(payload["arch"], Mapping) or not isinstance(payload["state_dict"], Mapping):
+        raise DataError(f"{path}: checkpoint lacks {', '.join(missing) or 'a valid arch / state_dict'}; "
+                        "rerun the train stage (dvc repro train)")
+    expected = payload.get("state_dict_sha256")
+    if expected is None:
+        log.warning("%s carries no weight digest (written before digests were stored); it cannot be verified", path)
+    elif state_dict_sha256(payload["state_dict"]) != expected:
+        raise DataError(f"{path}: the weights do not match the digest stored with them (the file is corrupt); "
+                        "rerun the train stage (dvc repro train)")
+    try:
+        model = build_model(payload["arch"])
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: weights do not fit the architecture {dict(payload['arch'])} "
+                        f"({one_line(exc, 200)})") from None
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from pipeline.track import tracking
 from pipeline.files import atomic_path
+from pipeline.redaction import redact
 from pipeline.job import hydra_job
 from pipeline.registry import JOBS, VISUALIZATIONS
 
@@ -178,7 +179,7 @@ def build(cfg: DictConfig) -> str:
     body = [f"<h1>{html.escape(cfg.report.title)}</h1>",
             f'<p class="meta">generated {datetime.datetime.now():%Y-%m-%d %H:%M}, git {html.escape(commit[:10])}'
             f'{" (uncommitted changes)" if dirty else ""}, dataset sha256 {html.escape(str(prepare.get("zip_sha256", "?"))[:16])}'
-            f'{", MLflow store " + html.escape(tracking.redacted(uri)) if uri else ""}</p>',
+            f'{", MLflow store " + html.escape(redact(uri)) if uri else ""}</p>',
             "<nav>" + " · ".join(f'<a href="#{j}">{html.escape(t)}</a>' for j, t in
                                  [("classifier", JOBS["train"].title), *((v.name, v.title) for v in VISUALIZATIONS)])
             + "</nav>",

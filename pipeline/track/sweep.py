@@ -24,6 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.redaction import redacted
 from pipeline.track import tracking
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class SweepParentRun(Callback):
             run_name=f"sweep {job} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             tags={"sweep": "true", "job": job, "git_commit": commit, "git_dirty": str(dirty).lower(),
                   "mlflow.source.git.commit": commit,
-                  "hydra_overrides": " ".join(tracking.redacted(overrides))})
-        for key, value in tracking.redacted(swept(overrides)).items():
+                  "hydra_overrides": " ".join(redacted(overrides)), **tracking.process_tags()})
+        for key, value in redacted(swept(overrides)).items():
             client.log_param(run.info.run_id, key, value[: tracking.MAX_PARAM_LENGTH])
         self.run_id = run.info.run_id
         os.environ[PARENT_ENV] = self.run_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -22,8 +23,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from pipeline.errors import TrackingError
-from pipeline.data.fetch import redact
+from pipeline.errors import TrackingError, one_line
+from pipeline.files import process_alive
+from pipeline.redaction import redact, redacted
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking server {redact(uri)} answered HTTP {exc.code} on /health") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            fix = ("unset MLFLOW_TRACKING_URI to use the local mlflow.db" if os.environ.get("MLFLOW_TRACKING_URI")
+                   else "set tracking.uri to a reachable server, or leave it at sqlite:///mlflow.db")
             raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it, or "
-                                "unset MLFLOW_TRACKING_URI to use the local mlflow.db") from None
+                                f"{fix}") from None
     elif scheme == "sqlite":
         parent = Path(uri[len("sqlite:///"):]).parent
         try:
@@ -64,17 +68,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             pass
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {parent} does not exist or is not writable")
-
-
-def redacted(value):
-    """``value`` (nested containers too) with credentials removed from every URL in it."""
-    if isinstance(value, str):
-        return redact(value) if "://" in value else value
-    if isinstance(value, Mapping):
-        return {k: redacted(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redacted(v) for v in value]
-    return value
+        db = Path(uri[len("sqlite:///"):])
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise TrackingError(f"MLflow store {db} is not writable (check its permissions)")
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
@@ -127,6 +123,7 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         "mlflow.source.git.commit": commit,
         "hydra_overrides": " ".join(redacted(list(overrides or []))),
     }
+    tags.update(process_tags())
     if dataset_sha256:
         tags["dataset_sha256"] = dataset_sha256
     parent = os.environ.get("PIPELINE_SWEEP_PARENT_RUN")  # set by pipeline.sweep during a Hydra multirun
@@ -134,11 +131,14 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         tags["mlflow.parentRunId"] = parent
     try:
         with store_lock(uri):
-            ensure_experiment(mlflow, f"{cfg.tracking.experiment_prefix}{job}", uri)
+            experiment = f"{cfg.tracking.experiment_prefix}{job}"
+            ensure_experiment(mlflow, experiment, uri)
+            close_orphans(mlflow, experiment)
             run = mlflow.start_run(run_name=cfg.tracking.get("run_name"), tags=tags)
-    except Exception as exc:  # MLflow wraps store errors in many types
-        raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: {exc}") from None
-    with run:
+    except Exception as exc:  # MLflow wraps store errors in many types; a foreign server replies with a page
+        raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: "
+                            f"{one_line(redact(str(exc)), 300)}") from None
+    with run, killed_on_interrupt(mlflow):
         resolved = redacted(OmegaConf.to_container(cfg, resolve=True))  # mirror URLs may carry passwords
         logged = resolved if sections is None else {k: resolved[k] for k in sections if k in resolved}
         mlflow.log_params(flatten(logged))
@@ -146,6 +146,44 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, f"{cfg.tracking.experiment_prefix}{job}",
                  redact(uri))
         yield run
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so a later job can tell a live run from one whose process was killed."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def close_orphans(mlflow, experiment_name: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the current experiment whose process (on this host) is gone.
+
+    A job killed outright (SIGKILL, out of memory, power loss) cannot end its run; without this
+    the UI would show it running forever. Runs of live processes (a parallel sweep) are left alone.
+    """
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        pid = tags.get("pipeline.pid", "")
+        if tags.get("pipeline.host") == host and pid.isdigit() and not process_alive(int(pid)):
+            client.set_tag(run.info.run_id, "pipeline.end", f"process {pid} ended without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        log.warning("marked %d MLflow run(s) KILLED whose process had died: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+@contextlib.contextmanager
+def killed_on_interrupt(mlflow) -> Iterator[None]:
+    """Ctrl-C or SIGTERM ends the run as KILLED (MLflow's own exit marks every exception FAILED)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
 
 
 def use_store(uri: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import http.server
+import socket
+import struct
 import sys
 import threading
 import time
@@ -34,14 +36,33 @@ def synthetic_zip(tmp_path):
 
 class Route:
     """What the server does for one path: serve ``body``, optionally cut after ``cut_at`` bytes
-    (``cuts`` times), or answer ``status``, or stall ``delay`` seconds first; with ``auth``
-    ("user:password") it demands HTTP basic auth."""
+    (``cuts`` times, with a TCP reset instead of a clean close when ``reset``), or answer ``status``,
+    or stall ``delay`` seconds first; with ``auth`` ("user:password") it demands HTTP basic auth.
+    By default it sends no validators and honours Range (``ranges``). With an ``etag`` and/or
+    ``last_modified`` it sends them and serves a Range only when If-Range names the current one
+    (unless ``if_range=False``: a server that ignores If-Range). ``redirect`` answers 302 to that URL;
+    ``trickle`` = (bytes, seconds) sends the body in slow steps; ``endless`` streams zeros forever;
+    ``length=False`` omits Content-Length (and closes the connection to end the body). Each request
+    is recorded in ``requests`` with its path, Range, If-Range and Authorization headers."""
 
     def __init__(self, body: bytes = b"", *, status: int = 200, cut_at: int | None = None, cuts: int = 1,
-                 delay: float = 0.0, ranges: bool = True, auth: str | None = None):
+                 delay: float = 0.0, ranges: bool = True, auth: str | None = None, etag: str | None = None,
+                 last_modified: str | None = None, if_range: bool = True, reset: bool = False,
+                 trickle: tuple[int, float] | None = None, endless: bool = False, length: bool = True,
+                 redirect: str | None = None):
         self.body, self.status, self.cut_at, self.cuts, self.delay, self.ranges = body, status, cut_at, cuts, delay, ranges
-        self.auth = auth
+        self.auth, self.etag, self.last_modified, self.if_range = auth, etag, last_modified, if_range
+        self.reset, self.trickle, self.endless, self.length, self.redirect = reset, trickle, endless, length, redirect
         self.requests: list[dict] = []
+
+    def serves_range(self, if_range: str | None) -> bool:
+        """Whether a Range request carrying this If-Range header gets a 206 (else the whole body)."""
+        validators = (self.etag, self.last_modified)
+        if not self.ranges:
+            return False
+        if if_range is None or not self.if_range or validators == (None, None):
+            return True
+        return if_range in validators
 
 
 class LoopbackServer:
@@ -60,7 +81,9 @@ class LoopbackServer:
                 if route is None:
                     self.send_error(404, "Not Found")
                     return
-                route.requests.append({"range": self.headers.get("Range"), "path": self.path})
+                header, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+                route.requests.append({"range": header, "if_range": if_range, "auth": self.headers.get("Authorization"),
+                                       "path": self.path})
                 if route.auth is not None:
                     expected = "Basic " + base64.b64encode(route.auth.encode()).decode()
                     if self.headers.get("Authorization") != expected:
@@ -74,9 +97,14 @@ class LoopbackServer:
                 if route.status != 200:
                     self.send_error(route.status)
                     return
+                if route.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body, start = route.body, 0
-                header = self.headers.get("Range")
-                if header and route.ranges:
+                if header and route.serves_range(if_range):
                     start = int(header.split("=")[1].split("-")[0])
                     if start >= len(body):
                         self.send_response(416)
@@ -88,17 +116,38 @@ class LoopbackServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                if route.etag:
+                    self.send_header("ETag", route.etag)
+                if route.last_modified:
+                    self.send_header("Last-Modified", route.last_modified)
+                if route.length and not route.endless:
+                    self.send_header("Content-Length", str(len(body) - start))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
+                if route.endless:
+                    while True:
+                        self.wfile.write(bytes(65536))
                 payload = body[start:]
                 if route.cut_at is not None and route.cuts > 0:
                     route.cuts -= 1
                     self.wfile.write(payload[: route.cut_at])
                     self.wfile.flush()
                     self.close_connection = True
+                    if route.reset:  # RST instead of FIN: the client must not take it for a clean end
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
                     return
-                self.wfile.write(payload)
+                if route.trickle is None:
+                    self.wfile.write(payload)
+                    return
+                step, pause = route.trickle
+                for i in range(0, len(payload), step):
+                    self.wfile.write(payload[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(pause)
 
         class QuietServer(http.server.ThreadingHTTPServer):
             def handle_error(self, request, client_address):

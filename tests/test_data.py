@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import synthetic
+from processes import live_children
 import torch
 from PIL import Image
 
@@ -271,21 +272,6 @@ def test_class_without_training_images_is_named_in_a_warning(synthetic_zip, tmp_
 
 
 # --------------------------------------------------------------------------- errors and interrupts
-
-
-def live_children(pid: int) -> list[int]:
-    """Processes (zombies aside) whose parent is ``pid``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -2,13 +2,9 @@
 no spliced sources, no secrets in messages, no endless or trickling transfers."""
 
 import hashlib
-import http.server
 import json
 import logging
 import os
-import socket
-import struct
-import threading
 import time
 
 import pytest
@@ -25,111 +21,6 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-class Source:
-    """One path of the ``server`` below (conftest's Route sends no validators): serve ``body`` with an
-    ``etag`` and/or ``last_modified``; honour Range (``ranges``) and If-Range (``if_range``); cut the
-    first ``cuts`` responses after ``cut_at`` bytes (with a TCP reset when ``reset``); ``trickle``
-    (bytes, seconds) the body; stream zeros forever (``endless``); omit Content-Length
-    (``length=False``); or ``redirect`` to another URL."""
-
-    def __init__(self, body=b"", *, etag=None, last_modified=None, ranges=True, if_range=True, cut_at=None,
-                 cuts=0, reset=False, trickle=None, endless=False, length=True, redirect=None):
-        self.body, self.etag, self.last_modified = body, etag, last_modified
-        self.ranges, self.if_range = ranges, if_range
-        self.cut_at, self.cuts, self.reset, self.trickle, self.endless = cut_at, cuts, reset, trickle, endless
-        self.length, self.redirect = length, redirect
-        self.requests = []
-
-
-class Server:
-    def __init__(self):
-        sources = self.sources = {}
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                src = sources.get(self.path.split("?")[0])
-                if src is None:
-                    self.send_error(404, "Not Found")
-                    return
-                rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-                src.requests.append({"range": rng, "if_range": if_range, "auth": self.headers.get("Authorization")})
-                if src.redirect:
-                    self.send_response(302)
-                    self.send_header("Location", src.redirect)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body, start = src.body, 0
-                current = (src.etag, src.last_modified)
-                if rng and src.ranges and (if_range is None or not src.if_range or if_range in current):
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                if src.etag:
-                    self.send_header("ETag", src.etag)
-                if src.last_modified:
-                    self.send_header("Last-Modified", src.last_modified)
-                payload = body[start:]
-                if src.length and not src.endless:
-                    self.send_header("Content-Length", str(len(payload)))
-                else:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                self.end_headers()
-                if src.endless:
-                    while True:
-                        self.wfile.write(bytes(65536))
-                if src.cuts > 0:
-                    src.cuts -= 1
-                    self.wfile.write(payload[: src.cut_at])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    if src.reset:  # RST instead of FIN: the client must not take it for a clean end
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        self.connection.close()
-                    return
-                step, pause = src.trickle or (len(payload) or 1, 0)
-                for i in range(0, len(payload), step):
-                    self.wfile.write(payload[i:i + step])
-                    self.wfile.flush()
-                    time.sleep(pause)
-
-        class Quiet(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # clients that hang up on purpose
-
-        self.httpd = Quiet(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = "http://%s:%d" % self.httpd.server_address[:2]
-
-    def add(self, path, source):
-        self.sources[path] = source
-        return source
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -143,10 +34,10 @@ def test_downloads_and_returns_sha256(http_server, tmp_path):
     assert leftovers(tmp_path) == ["f.bin"]
 
 
-def test_cut_transfer_resumes_with_range(server, tmp_path):
+def test_cut_transfer_resumes_with_range(http_server, tmp_path):
     body = os.urandom(500_000)
-    route = server.add("/f.bin", Source(body, etag='"v1"', cut_at=123_456, cuts=2))
-    digest = fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=3, backoff=0.01, chunk_size=4096,
+    route = http_server.add("/f.bin", Route(body, etag='"v1"', cut_at=123_456, cuts=2))
+    digest = fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=3, backoff=0.01, chunk_size=4096,
                    sha256=sha(body), progress=False)
     assert (tmp_path / "f.bin").read_bytes() == body
     assert digest == sha(body)
@@ -168,13 +59,13 @@ def test_cut_transfer_without_a_validator_restarts_from_zero(http_server, tmp_pa
 @pytest.mark.parametrize("validator", [{"etag": '"abc"'}, {"last_modified": "Wed, 21 Oct 2015 07:28:00 GMT"},
                                        {"etag": 'W/"weak"', "last_modified": "Wed, 21 Oct 2015 07:28:00 GMT"}],
                          ids=["etag", "last-modified", "weak-etag"])
-def test_partial_file_from_an_interrupted_run_is_resumed(server, tmp_path, validator):
+def test_partial_file_from_an_interrupted_run_is_resumed(http_server, tmp_path, validator):
     body = os.urandom(200_000)
-    route = server.add("/f.bin", Source(body, cut_at=50_000, cuts=1, **validator))
+    route = http_server.add("/f.bin", Route(body, cut_at=50_000, cuts=1, **validator))
     with pytest.raises(DownloadError, match="50000 bytes kept in f.bin.part to resume"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=0, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=0, progress=False)
     assert leftovers(tmp_path) == ["f.bin.part", "f.bin.part.json"]
-    fetch(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False)
+    fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", progress=False)
     assert (tmp_path / "f.bin").read_bytes() == body
     assert route.requests[1]["range"] == "bytes=50000-"
     assert route.requests[1]["if_range"] == (validator.get("etag", "").replace('W/"weak"', "")
@@ -276,72 +167,72 @@ def test_wrong_password_fails_without_showing_it(http_server, tmp_path, caplog, 
     assert leftovers(tmp_path) == []
 
 
-def test_credentials_are_not_forwarded_to_a_redirect_target(server, tmp_path):
-    target = server.add("/real.bin", Source(b"payload"))
-    server.add("/f.bin", Source(redirect=f"{server.url}/real.bin"))
-    host = server.url.split("://", 1)[1]
+def test_credentials_are_not_forwarded_to_a_redirect_target(http_server, tmp_path):
+    target = http_server.add("/real.bin", Route(b"payload"))
+    http_server.add("/f.bin", Route(redirect=f"{http_server.url}/real.bin"))
+    host = http_server.url.split("://", 1)[1]
     fetch(f"http://user:pw@{host}/f.bin", tmp_path / "f.bin", retries=0, progress=False)
     assert (tmp_path / "f.bin").read_bytes() == b"payload"
-    assert server.sources["/f.bin"].requests[0]["auth"] == "Basic dXNlcjpwdw=="
+    assert http_server.routes["/f.bin"].requests[0]["auth"] == "Basic dXNlcjpwdw=="
     assert target.requests[0]["auth"] is None
 
 
 # --------------------------------------------------------------------------- 2. never splice two sources
 
-def test_a_partial_file_of_another_url_is_not_resumed(server, tmp_path):
+def test_a_partial_file_of_another_url_is_not_resumed(http_server, tmp_path):
     a, b = os.urandom(300_000), os.urandom(300_000)
-    server.add("/a.bin", Source(a, etag='"same"', cut_at=100_000, cuts=1))
-    route_b = server.add("/b.bin", Source(b, etag='"same"'))
+    http_server.add("/a.bin", Route(a, etag='"same"', cut_at=100_000, cuts=1))
+    route_b = http_server.add("/b.bin", Route(b, etag='"same"'))
     with pytest.raises(DownloadError):
-        fetch(f"{server.url}/a.bin", tmp_path / "f.bin", retries=0, progress=False)
+        fetch(f"{http_server.url}/a.bin", tmp_path / "f.bin", retries=0, progress=False)
     sidecar = (tmp_path / "f.bin.part.json").read_text()
     assert json.loads(sidecar)["url_sha256"] and "a.bin" not in sidecar and "127.0.0.1" not in sidecar
-    digest = fetch(f"{server.url}/b.bin", tmp_path / "f.bin", progress=False)
+    digest = fetch(f"{http_server.url}/b.bin", tmp_path / "f.bin", progress=False)
     assert digest == sha(b) and (tmp_path / "f.bin").read_bytes() == b
     assert route_b.requests[0]["range"] is None
     assert leftovers(tmp_path) == ["f.bin"]
 
 
-def test_server_that_ignores_range_restarts_from_zero(server, tmp_path):
+def test_server_that_ignores_range_restarts_from_zero(http_server, tmp_path):
     body = os.urandom(200_000)
-    route = server.add("/f.bin", Source(body, etag='"v1"', ranges=False, cut_at=80_000, cuts=1))
-    fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
+    route = http_server.add("/f.bin", Route(body, etag='"v1"', ranges=False, cut_at=80_000, cuts=1))
+    fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
     assert (tmp_path / "f.bin").read_bytes() == body
     assert route.requests[1]["range"] == "bytes=80000-"  # asked, answered 200 with the whole file
 
 
 @pytest.mark.parametrize("honours_if_range", [True, False])
-def test_file_changed_between_attempts_is_fetched_whole(server, tmp_path, honours_if_range):
+def test_file_changed_between_attempts_is_fetched_whole(http_server, tmp_path, honours_if_range):
     old, new = os.urandom(300_000), os.urandom(300_000)
-    route = server.add("/f.bin", Source(old, etag='"v1"', if_range=honours_if_range, cut_at=100_000, cuts=1))
+    route = http_server.add("/f.bin", Route(old, etag='"v1"', if_range=honours_if_range, cut_at=100_000, cuts=1))
     with pytest.raises(DownloadError):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=0, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=0, progress=False)
     route.body, route.etag = new, '"v2"'
-    digest = fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
+    digest = fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
     assert digest == sha(new) and (tmp_path / "f.bin").read_bytes() == new
     assert route.requests[1]["if_range"] == '"v1"'
     assert leftovers(tmp_path) == ["f.bin"]
 
 
-def test_body_shorter_than_content_length_is_never_accepted(server, tmp_path):
-    route = server.add("/f.bin", Source(os.urandom(100_000), etag='"v1"', cut_at=30_000, cuts=99))
+def test_body_shorter_than_content_length_is_never_accepted(http_server, tmp_path):
+    route = http_server.add("/f.bin", Route(os.urandom(100_000), etag='"v1"', cut_at=30_000, cuts=99))
     with pytest.raises(DownloadError, match="failed after 2 attempts: connection closed after 60000 of 100000 bytes"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
     assert not (tmp_path / "f.bin").exists()
     assert route.requests[1]["range"] == "bytes=30000-"  # short both as a whole (200) and resumed (206)
 
 
-def test_body_without_length_cut_by_a_reset_is_retried(server, tmp_path):
+def test_body_without_length_cut_by_a_reset_is_retried(http_server, tmp_path):
     body = os.urandom(300_000)
-    route = server.add("/f.bin", Source(body, etag='"v1"', length=False, cut_at=100_000, cuts=1, reset=True))
-    fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
+    route = http_server.add("/f.bin", Route(body, etag='"v1"', length=False, cut_at=100_000, cuts=1, reset=True))
+    fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, progress=False)
     assert (tmp_path / "f.bin").read_bytes() == body
     assert len(route.requests) == 2
 
 
-def test_interrupt_keeps_the_part_and_sidecar_for_the_next_run(server, tmp_path, monkeypatch):
+def test_interrupt_keeps_the_part_and_sidecar_for_the_next_run(http_server, tmp_path, monkeypatch):
     body = os.urandom(200_000)
-    route = server.add("/f.bin", Source(body, etag='"v1"', trickle=(50_000, 0.05)))
+    route = http_server.add("/f.bin", Route(body, etag='"v1"', trickle=(50_000, 0.05)))
     real_bar = fetch_module._bar
 
     def interrupting_bar(*args):
@@ -351,32 +242,32 @@ def test_interrupt_keeps_the_part_and_sidecar_for_the_next_run(server, tmp_path,
 
     monkeypatch.setattr(fetch_module, "_bar", interrupting_bar)
     with pytest.raises(KeyboardInterrupt):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", chunk_size=50_000, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", chunk_size=50_000, progress=False)
     assert leftovers(tmp_path) == ["f.bin.part", "f.bin.part.json"]
     monkeypatch.setattr(fetch_module, "_bar", real_bar)
     kept = (tmp_path / "f.bin.part").stat().st_size
-    fetch(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False)
+    fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", progress=False)
     assert (tmp_path / "f.bin").read_bytes() == body
     assert kept > 0 and route.requests[1]["range"] == f"bytes={kept}-"
 
 
 # --------------------------------------------------------------------------- 3. trickles and deadlines
 
-def test_trickle_slower_than_min_rate_is_retried_then_fails(server, tmp_path):
-    route = server.add("/f.bin", Source(os.urandom(100_000), etag='"v1"', trickle=(100, 0.5)))
+def test_trickle_slower_than_min_rate_is_retried_then_fails(http_server, tmp_path):
+    route = http_server.add("/f.bin", Route(os.urandom(100_000), etag='"v1"', trickle=(100, 0.5)))
     start = time.monotonic()
     with pytest.raises(DownloadError, match=r"failed after 2 attempts: slower than 1000 B/s for 1 s \(\d+ bytes kept"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, timeout=1, min_rate=1000,
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=1, backoff=0.01, timeout=1, min_rate=1000,
               progress=False)
     assert time.monotonic() - start < 6
     assert len(route.requests) == 2 and route.requests[1]["range"]  # the second attempt resumed
 
 
-def test_deadline_is_final(server, tmp_path):
-    route = server.add("/f.bin", Source(os.urandom(100_000), trickle=(100, 0.2)))
+def test_deadline_is_final(http_server, tmp_path):
+    route = http_server.add("/f.bin", Route(os.urandom(100_000), trickle=(100, 0.2)))
     start = time.monotonic()
     with pytest.raises(DownloadError, match=r"exceeded the 1\.5 s deadline"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", retries=5, backoff=0.01, timeout=1, min_rate=0,
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", retries=5, backoff=0.01, timeout=1, min_rate=0,
               deadline=1.5, progress=False)
     assert time.monotonic() - start < 4
     assert len(route.requests) == 1
@@ -385,24 +276,24 @@ def test_deadline_is_final(server, tmp_path):
 # --------------------------------------------------------------------------- 4. checksum form
 
 @pytest.mark.parametrize("bad", ["abc123", "g" * 64, "0" * 63, "0" * 65])
-def test_malformed_sha256_is_refused_before_any_request(server, tmp_path, bad):
-    route = server.add("/f.bin", Source(b"payload"))
+def test_malformed_sha256_is_refused_before_any_request(http_server, tmp_path, bad):
+    route = http_server.add("/f.bin", Route(b"payload"))
     with pytest.raises(ConfigError, match=repr(bad)):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", sha256=bad, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", sha256=bad, progress=False)
     assert route.requests == [] and leftovers(tmp_path) == []
 
 
-def test_sha256_in_upper_case_is_accepted(server, tmp_path):
-    server.add("/f.bin", Source(b"payload"))
-    digest = fetch(f"{server.url}/f.bin", tmp_path / "f.bin", sha256=sha(b"payload").upper(), progress=False)
+def test_sha256_in_upper_case_is_accepted(http_server, tmp_path):
+    http_server.add("/f.bin", Route(b"payload"))
+    digest = fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", sha256=sha(b"payload").upper(), progress=False)
     assert digest == sha(b"payload")
 
 
-def test_download_job_names_data_sha256(server, tmp_path):
+def test_download_job_names_data_sha256(http_server, tmp_path):
     from pipeline.data.download import download_dataset
 
-    route = server.add("/d.zip", Source(b"payload"))
-    data = OmegaConf.create({"source": "tiny-imagenet-100-A", "url": f"{server.url}/d.zip", "sha256": "abc123",
+    route = http_server.add("/d.zip", Route(b"payload"))
+    data = OmegaConf.create({"source": "tiny-imagenet-100-A", "url": f"{http_server.url}/d.zip", "sha256": "abc123",
                              "download": {"retries": 0, "timeout": 5, "backoff": 0.0, "deadline": 60, "min_rate": 0}})
     with pytest.raises(ConfigError, match=r"data\.sha256='abc123'"):
         download_dataset(data, tmp_path / "d.zip", progress=False)
@@ -411,22 +302,22 @@ def test_download_job_names_data_sha256(server, tmp_path):
 
 # --------------------------------------------------------------------------- 5. byte cap
 
-def test_endless_server_hits_the_byte_cap(server, tmp_path):
-    server.add("/f.bin", Source(endless=True))
+def test_endless_server_hits_the_byte_cap(http_server, tmp_path):
+    http_server.add("/f.bin", Route(endless=True))
     start = time.monotonic()
     with pytest.raises(DownloadError, match=r"f\.bin is larger than the limit of 1000000 bytes"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", max_bytes=1_000_000, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", max_bytes=1_000_000, progress=False)
     assert time.monotonic() - start < 5
     assert leftovers(tmp_path) == []
 
 
-def test_announced_size_over_the_cap_is_refused_before_streaming(server, tmp_path):
-    route = server.add("/f.bin", Source(os.urandom(5000), etag='"v1"'))
+def test_announced_size_over_the_cap_is_refused_before_streaming(http_server, tmp_path):
+    route = http_server.add("/f.bin", Route(os.urandom(5000), etag='"v1"'))
     (tmp_path / "f.bin.part").write_bytes(b"old")
     with pytest.raises(DownloadError, match="larger than the limit of 4999 bytes"):
-        fetch(f"{server.url}/f.bin", tmp_path / "f.bin", max_bytes=4999, retries=3, progress=False)
+        fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", max_bytes=4999, retries=3, progress=False)
     assert len(route.requests) == 1 and leftovers(tmp_path) == []
-    fetch(f"{server.url}/f.bin", tmp_path / "f.bin", max_bytes=5000, progress=False)  # exactly the cap is fine
+    fetch(f"{http_server.url}/f.bin", tmp_path / "f.bin", max_bytes=5000, progress=False)  # exactly the cap is fine
 
 
 def test_local_file_over_the_cap_is_refused(tmp_path):

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import synthetic
+from processes import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = ("SECRETPW", "SECRETTOK", "SECRETSIG", "MIRRORPW")
@@ -65,22 +66,6 @@ def secrets_in(out: Path) -> list[str]:
             data = path.read_bytes()
             found += [f"{path.relative_to(out)}: {s}" for s in SECRETS if s.encode() in data]
     return found
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains ``text`` (a job's tmp folder)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            pids.append(int(proc.name))
-    return pids
 
 
 # --------------------------------------------------------------------------- servers for the cases
@@ -243,7 +228,22 @@ CASES = [
          r"unreachable .*set tracking\.uri", ("subject",)),
     Case("tracking-not-mlflow", "class_viz", ("tracking.uri={notmlflow}",), r"cannot start an MLflow run",
          ("subject", "notmlflow")),
+    Case("tracking-read-only-store", "class_viz", (), r"mlflow\.db is not writable", ("subject", "readonly_db")),
 ]
+
+
+def make_read_only(path: Path) -> bool:
+    """chmod for a normal user, the immutable flag for root (who ignores permissions); False if neither holds."""
+    path.chmod(0o444)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    return not os.access(path, os.W_OK)
+
+
+def make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    path.chmod(0o644)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -277,9 +277,18 @@ def test_hostile_input(case, tmp_path, subject_files, http_server, serve):
         else:
             zip_without(out / "raw" / "dataset.zip", tmp_path / "good.zip", "val_annotations.txt")
     http_server.add("/x.zip", Route(status=404))
+    if "readonly_db" in case.needs:
+        (out / "mlflow.db").write_bytes(b"")
+        if not make_read_only(out / "mlflow.db"):
+            make_writable(out / "mlflow.db")
+            pytest.skip("cannot make a file read-only here (chmod ignored, no chattr)")
 
     overrides = [o.format(**values) for o in case.overrides]
-    result = run_job(case.job, out, *overrides, env=case.env, files=files)
+    try:
+        result = run_job(case.job, out, *overrides, env=case.env, files=files)
+    finally:
+        if "readonly_db" in case.needs:
+            make_writable(out / "mlflow.db")
 
     assert result.returncode == case.code, result.stderr[-3000:]
     line = error_line(result, case.job)

@@ -133,8 +133,12 @@ def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
     assert saved == pytest.approx({k: v for k, v in metrics.items() if k != "methods"})
     assert {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "sanity_spearman",
             "images_per_second"} <= set(saved)
-    # the comparison: every default method, every column, one shared random baseline
-    assert set(table) == {"gradient", "gradcam", "guided_backprop", "occlusion"}
+    # one evaluation: every default method, every column, one shared random baseline; the headline is
+    # the primary method's row
+    assert set(table) == {"gradient", "gradcam", "guided_backprop"}
+    assert {k: saved[k] for k in table["gradient"] if k != "images_per_second"} == \
+        pytest.approx({k: v for k, v in table["gradient"].items() if k != "images_per_second"})
+    assert saved["num_images"] == 8 and "sanity_spearman_fc" in saved
     columns = {"deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "sanity_spearman",
                "sanity_spearman_top_layer", "infidelity", "max_sensitivity", "images_per_second"}
     assert all(set(row) == columns for row in table.values())
@@ -163,6 +167,7 @@ def test_job_variants_and_named_classes(subject_files, tmp_path):
                                       "saliency.evaluation.sanity_images=0", "saliency.precision=bf16",
                                       "+saliency.views.frogs={select: class, class: bullfrog, n: 2}"))
     assert "sanity_spearman" not in metrics and (tmp_path / "results" / "saliency" / "frogs.png").is_file()
+    assert list(metrics["methods"]) == ["smoothgrad", "gradient", "gradcam", "guided_backprop"]  # primary first
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,8 +1,11 @@
 """Job ``saliency``: class saliency maps (Simonyan et al. 2014, sec. 3.1) with measured faithfulness.
 
-For each configured view (a selection of val images) a figure of the images over their maps;
-then, on a larger random sample, deletion / insertion AUC against a random pixel order (Petsiuk
-et al. 2018) and the cascading model-randomisation check (Adebayo et al. 2018).
+For each configured view (a selection of val images) a figure of the images over the maps of
+``saliency.method``. Then one evaluation, on a larger random sample, of that method and every method
+of ``saliency.methods`` on the same images: deletion / insertion AUC beside a shared random pixel
+order (Petsiuk et al. 2018), the cascading model-randomisation check (Adebayo et al. 2018),
+infidelity and max-sensitivity (Yeh et al. 2019), speed. The primary method's row is the job's
+headline; the whole table goes to MLflow, ``metrics/saliency.json`` and the report.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -21,7 +23,6 @@ from pipeline.explain.attribution.registry import factory
 from pipeline.explain.faithfulness import (auc, cascading_randomization, curves, infidelity, max_sensitivity,
                                            pixel_ranks, random_ranks)
 from pipeline.job import hydra_job
-from pipeline.model.architectures import ImageClassifier
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics, save_table
 from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
@@ -41,113 +42,98 @@ def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, pr
     return figures.grid(tiles, captions, columns=len(images), scale=3, caption_lines=3, font_size=11)
 
 
-def faithfulness(subject: Subject, method: Attribution, make_method: Callable[[ImageClassifier], Attribution],
-                 s: DictConfig, cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor) -> dict:
-    import mlflow
-
-    e = s.evaluation
-    images = subject.data.split("val").images[index].float()
-    started = time.perf_counter()
-    maps = method.maps(images, targets)
-    seconds = time.perf_counter() - started
-    options = dict(steps=e.steps, blur_sigma=e.blur_sigma, batch_size=max(s.batch_size, 250), precision=s.precision)
-    deletion, insertion = curves(subject.model, images, targets, pixel_ranks(maps), **options)
-    pixels = maps[0].numel()
-    r_deletion, r_insertion = curves(subject.model, images, targets, random_ranks(len(images), pixels, cfg.seed),
-                                     **options)
-    rows = []
-    for k in range(deletion.shape[1]):  # mean curves, plotted by the MLflow UI against the step (= k/steps removed)
-        mlflow.log_metrics({"curve_deletion": float(deletion[:, k].mean()),
-                            "curve_insertion": float(insertion[:, k].mean()),
-                            "curve_random_deletion": float(r_deletion[:, k].mean()),
-                            "curve_random_insertion": float(r_insertion[:, k].mean())}, step=k)
-        rows.append({"fraction": k / (deletion.shape[1] - 1), "deletion": float(deletion[:, k].mean()),
-                     "insertion": float(insertion[:, k].mean()), "random_deletion": float(r_deletion[:, k].mean()),
-                     "random_insertion": float(r_insertion[:, k].mean())})
-    write_csv(Path(cfg.paths.plots) / "saliency_curves.csv", rows)  # DVC plot: dvc plots show
-    metrics = {"deletion_auc": float(auc(deletion).mean()), "insertion_auc": float(auc(insertion).mean()),
-               "random_deletion_auc": float(auc(r_deletion).mean()),
-               "random_insertion_auc": float(auc(r_insertion).mean()),
-               "images_per_second": len(images) / seconds, "num_images": len(images)}
-    if e.sanity_images:
-        k = min(int(e.sanity_images), len(images))
-        cascade = cascading_randomization(
-            subject.model, subject.meta["arch"],
-            lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed)
-        for step, (layer, rho) in enumerate(cascade):
-            mlflow.log_metric("sanity_spearman_cascade", rho, step=step)
-            metrics[f"sanity_spearman_{layer}"] = rho
-        metrics["sanity_spearman"] = cascade[-1][1]  # all layers re-initialised
-        metrics["sanity_spearman_top_layer"] = cascade[0][1]
-    return metrics
-
-
-def evaluate_method(subject: Subject, method: Attribution, make_method, c: DictConfig, cfg: DictConfig,
+def evaluate_method(subject: Subject, method: Attribution, make_method, e: DictConfig, cfg: DictConfig,
                     images: torch.Tensor, targets: torch.Tensor, random: tuple[torch.Tensor, torch.Tensor],
-                    options: dict) -> dict:
+                    options: dict) -> tuple[dict, dict]:
     """One row of the comparison table: faithfulness (deletion / insertion beside the random order),
     model randomisation (``make_method`` builds the method on the re-initialised models), infidelity
-    and max-sensitivity, speed."""
+    and max-sensitivity, speed. Also returns the mean curves and the whole cascade, which the job
+    records for its primary method."""
     started = time.perf_counter()
     maps = method.maps(images, targets)
     seconds = time.perf_counter() - started
     deletion, insertion = curves(subject.model, images, targets, pixel_ranks(maps), **options)
     row = {"deletion_auc": float(auc(deletion).mean()), "insertion_auc": float(auc(insertion).mean()),
            "random_deletion_auc": float(auc(random[0]).mean()), "random_insertion_auc": float(auc(random[1]).mean())}
-    k = min(int(c.sanity_images), len(images))
+    details = {"curves": {"deletion": deletion.mean(0), "insertion": insertion.mean(0),
+                          "random_deletion": random[0].mean(0), "random_insertion": random[1].mean(0)},
+               "cascade": []}
+    k = min(int(e.sanity_images), len(images))
     if k:
         cascade = cascading_randomization(subject.model, subject.meta["arch"],
                                           lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed)
         row["sanity_spearman_top_layer"] = cascade[0][1]  # only the class layer re-initialised
         row["sanity_spearman"] = cascade[-1][1]  # every layer re-initialised
-    k = min(int(c.robustness_images), len(images))
+        details["cascade"] = cascade
+    k = min(int(e.robustness_images), len(images))
     if k:
         attributions = method.attribute(images[:k], targets[:k])
-        row["infidelity"] = float(infidelity(method, images[:k], targets[:k], attributions, noise=c.infidelity_noise,
-                                             samples=c.infidelity_samples, seed=cfg.seed).mean())
+        row["infidelity"] = float(infidelity(method, images[:k], targets[:k], attributions, noise=e.infidelity_noise,
+                                             samples=e.infidelity_samples, seed=cfg.seed).mean())
         row["max_sensitivity"] = float(max_sensitivity(method, images[:k], targets[:k], attributions,
-                                                       radius=c.sensitivity_radius, samples=c.sensitivity_samples,
+                                                       radius=e.sensitivity_radius, samples=e.sensitivity_samples,
                                                        seed=cfg.seed).mean())
     row["images_per_second"] = len(images) / seconds
-    return row
+    return row, details
 
 
-def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, index: torch.Tensor, targets: torch.Tensor,
-                    view: tuple) -> tuple[dict, object]:
-    """Every method of ``saliency.methods`` on the same images: ({name: row}, the figure with one row of
-    maps per method over the first view's images)."""
-    c = s.comparison
-    n = min(int(c.n), len(index))
-    images, targets = subject.data.split("val").images[index[:n]].float(), targets[:n]
-    options = dict(steps=c.steps, blur_sigma=s.evaluation.blur_sigma, batch_size=max(s.batch_size, 250),
-                   precision=s.precision)
-    random = curves(subject.model, images, targets, random_ranks(n, images[0, 0].numel(), cfg.seed), **options)
-    common = dict(precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
-    table, rows = {}, []
+def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, methods: dict, index: torch.Tensor,
+                    targets: torch.Tensor, view: tuple) -> tuple[dict, dict, object]:
+    """Every method on the same evaluation images (one shared random-order baseline): ({name: row},
+    {name: curves and cascade}, the figure with one row of maps per method over the first view's images)."""
+    e = s.evaluation
+    images = subject.data.split("val").images[index].float()
+    options = dict(steps=e.steps, blur_sigma=e.blur_sigma, batch_size=max(s.batch_size, 250), precision=s.precision)
+    random = curves(subject.model, images, targets, random_ranks(len(images), images[0, 0].numel(), cfg.seed),
+                    **options)
+    table, details, rows = {}, {}, []
     _, view_images, labels, _, view_targets = view
-    for name in s.methods:
-        make_method = factory(name, **common)
-        method = make_method(subject.model)
+    for name, (make_method, method) in methods.items():
         started = time.perf_counter()
-        table[name] = evaluate_method(subject, method, make_method, c, cfg, images, targets, random, options)
+        table[name], details[name] = evaluate_method(subject, method, make_method, e, cfg, images, targets, random,
+                                                     options)
         rows.append(method.maps(view_images, view_targets))
         log.info("%s: deletion AUC %.3f, insertion AUC %.3f, sanity Spearman %s, infidelity %s, max-sensitivity %s "
                  "(%.0f s)", name, table[name]["deletion_auc"], table[name]["insertion_auc"],
                  *(f"{table[name][k]:.3g}" if k in table[name] else "-"
                    for k in ("sanity_spearman", "infidelity", "max_sensitivity")), time.perf_counter() - started)
     tiles = [*view_images, *[figures.heatmap(m) for maps in rows for m in maps]]
-    captions = [subject.class_names[int(y)] for y in labels] + [name for name in s.methods for _ in view_images]
+    captions = [subject.class_names[int(y)] for y in labels] + [name for name in methods for _ in view_images]
     figure = figures.grid(tiles, captions, columns=len(view_images), scale=2, caption_lines=1, font_size=11)
-    return table, figure
+    return table, details, figure
+
+
+def headline(row: dict, details: dict, cfg: DictConfig) -> dict:
+    """The primary method's row as the job's top-level metrics, its mean curves as MLflow step
+    series and the DVC plot, and its whole randomisation cascade (``sanity_spearman_<layer>``)."""
+    import mlflow
+
+    metrics = dict(row)
+    series = details["curves"]
+    rows = []
+    steps = len(series["deletion"]) - 1
+    for k in range(steps + 1):  # plotted by the MLflow UI against the step (= k/steps removed)
+        point = {name: float(curve[k]) for name, curve in series.items()}
+        mlflow.log_metrics({f"curve_{name}": value for name, value in point.items()}, step=k)
+        rows.append({"fraction": k / steps, **point})
+    write_csv(Path(cfg.paths.plots) / "saliency_curves.csv", rows)  # DVC plot: dvc plots show
+    for step, (layer, rho) in enumerate(details["cascade"]):
+        mlflow.log_metric("sanity_spearman_cascade", rho, step=step)
+        metrics[f"sanity_spearman_{layer}"] = rho
+    return metrics
 
 
 def run(cfg: DictConfig) -> dict:
     s = cfg.saliency
     subject = load_subject(cfg, s.device, s.precision)
-    make_method = factory(s.method, s.options, precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
-    method = make_method(subject.model)  # bad method/options fail before any work
+    common = dict(precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
+    make_method = factory(s.method, s.options, **common)
+    method = make_method(subject.model)  # bad methods/options fail before any work, and are built once
+    methods = {s.method: (make_method, method)}
     for name in s.methods:
-        factory(name, precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)(subject.model)
+        if name not in methods:
+            make = factory(name, **common)
+            methods[name] = (make, make(subject.model))
     val = subject.data.split("val")
     views = {}  # every selection and target is checked before the run starts
     for name, spec in s.views.items():
@@ -173,14 +159,17 @@ def run(cfg: DictConfig) -> dict:
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())
-        metrics = faithfulness(subject, method, make_method, s, cfg, *evaluation) if evaluation else {}
+        metrics = {}
+        if evaluation:
+            table, details, figure = compare_methods(subject, s, cfg, methods, *evaluation, next(iter(views.values())))
+            metrics = headline(table[s.method], details[s.method], cfg)
+            metrics["num_images"] = len(evaluation[0])
+            if len(table) > 1:
+                save_figure(tmp, figure, "methods")
+                save_table(table, "methods.json")
+                metrics["methods"] = table
         if deltas:  # |sum of attributions - (S(x) - S(baseline))| over the views' images
             metrics["convergence_delta"] = float(torch.cat(deltas).mean())
-        if s.methods and evaluation:
-            table, figure = compare_methods(subject, s, cfg, *evaluation, next(iter(views.values())))
-            save_figure(tmp, figure, "methods")
-            save_table(table, "methods.json")
-            metrics["methods"] = table
         save_metrics(cfg, "saliency", metrics)
         if "deletion_auc" in metrics:
             log.info("deletion AUC %.3f (random %.3f), insertion AUC %.3f (random %.3f), sanity Spearman %s, "

@@ -40,17 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     missing = [source for _, source, _ in PICTURES if not (args.results / source).is_file()]
     if missing:
         print(f"gallery: error: missing {', '.join(missing)} under {args.results} (run dvc repro first)",
               file=sys.stderr)
         return 1
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     for name, source, caption in PICTURES:
         with Image.open(args.results / source) as image:
-            shrink(image, args.width).save(OUT / name, optimize=True)
-        print(f"{OUT / name} ({(OUT / name).stat().st_size // 1024} KB): {caption}")
+            shrink(image, args.width).save(args.out / name, optimize=True)
+        print(f"{args.out / name} ({(args.out / name).stat().st_size // 1024} KB): {caption}")
     return 0
 
 

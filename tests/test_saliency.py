@@ -116,6 +116,8 @@ def test_faithfulness_pieces(model64):
     cascade = cascading_randomization(net, arch, lambda m: Saliency(m).maps(x, targets))
     assert [name for name, _ in cascade] == list(reversed(net.layer_names))
     assert all(-1 - 1e-5 <= rho <= 1 + 1e-5 for _, rho in cascade), cascade
+    ends = cascading_randomization(net, arch, lambda m: Saliency(m).maps(x, targets), ends_only=True)
+    assert ends == [cascade[0], cascade[-1]]  # the comparison's two columns, without the layers between
     model.double()
 
 
@@ -135,7 +137,7 @@ def test_job_writes_figures_metrics_and_mlflow_run(subject_files, tmp_path):
             "images_per_second"} <= set(saved)
     # one evaluation: every default method, every column, one shared random baseline; the headline is
     # the primary method's row
-    assert set(table) == {"gradient", "gradcam", "guided_backprop"}
+    assert set(table) == {"gradient", "gradcam", "guided_backprop", "occlusion"}
     assert {k: saved[k] for k in table["gradient"] if k != "images_per_second"} == \
         pytest.approx({k: v for k, v in table["gradient"].items() if k != "images_per_second"})
     assert saved["num_images"] == 8 and "sanity_spearman_fc" in saved
@@ -167,7 +169,7 @@ def test_job_variants_and_named_classes(subject_files, tmp_path):
                                       "saliency.evaluation.sanity_images=0", "saliency.precision=bf16",
                                       "+saliency.views.frogs={select: class, class: bullfrog, n: 2}"))
     assert "sanity_spearman" not in metrics and (tmp_path / "results" / "saliency" / "frogs.png").is_file()
-    assert list(metrics["methods"]) == ["smoothgrad", "gradient", "gradcam", "guided_backprop"]  # primary first
+    assert list(metrics["methods"]) == ["smoothgrad", "gradient", "gradcam", "guided_backprop", "occlusion"]  # primary first
 
 
 @pytest.mark.parametrize("override, message", [

@@ -75,16 +75,23 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cascading_randomization(model: ImageClassifier, arch: dict, maps_of: Callable[[ImageClassifier], torch.Tensor],
-                            *, seed: int = 0) -> list[tuple[str, float]]:
+                            *, seed: int = 0, ends_only: bool = False) -> list[tuple[str, float]]:
     """Adebayo et al. 2018: [(layer, mean Spearman vs the trained maps)] as layers from the top down
-    get their freshly initialised weights (and BN statistics) back, cumulatively."""
+    get their freshly initialised weights (and BN statistics) back, cumulatively.
+
+    ``ends_only``: maps only after the first step (the top layer re-initialised) and the last (every
+    layer), the two a comparison table reports: the same values for 3 map computations instead of
+    one per layer, which matters for methods with many passes per image (occlusion)."""
     trained = maps_of(model)
     torch.manual_seed(seed)
     fresh = build_model(arch, mean_image=model.mean_image.detach().cpu()).to(model.mean_image.device)
     randomized = copy.deepcopy(model)
     results = []
-    for name in reversed(model.layer_names):
+    names = list(reversed(model.layer_names))
+    for step, name in enumerate(names):
         randomized.get_submodule(name).load_state_dict(fresh.get_submodule(name).state_dict())
+        if ends_only and 0 < step < len(names) - 1:
+            continue
         randomized.requires_grad_(False).eval()
         results.append((name, float(spearman(trained, maps_of(randomized)).mean())))
     return results

@@ -44,11 +44,11 @@ def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, pr
 
 def evaluate_method(subject: Subject, method: Attribution, make_method, e: DictConfig, cfg: DictConfig,
                     images: torch.Tensor, targets: torch.Tensor, random: tuple[torch.Tensor, torch.Tensor],
-                    options: dict) -> tuple[dict, dict]:
+                    options: dict, whole_cascade: bool = False) -> tuple[dict, dict]:
     """One row of the comparison table: faithfulness (deletion / insertion beside the random order),
     model randomisation (``make_method`` builds the method on the re-initialised models), infidelity
-    and max-sensitivity, speed. Also returns the mean curves and the whole cascade, which the job
-    records for its primary method."""
+    and max-sensitivity, speed. Also returns the mean curves and the cascade (every layer with
+    ``whole_cascade``), which the job records for its primary method."""
     started = time.perf_counter()
     maps = method.maps(images, targets)
     seconds = time.perf_counter() - started
@@ -61,7 +61,8 @@ def evaluate_method(subject: Subject, method: Attribution, make_method, e: DictC
     k = min(int(e.sanity_images), len(images))
     if k:
         cascade = cascading_randomization(subject.model, subject.meta["arch"],
-                                          lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed)
+                                          lambda model: make_method(model).maps(images[:k], targets[:k]), seed=cfg.seed,
+                                          ends_only=not whole_cascade)
         row["sanity_spearman_top_layer"] = cascade[0][1]  # only the class layer re-initialised
         row["sanity_spearman"] = cascade[-1][1]  # every layer re-initialised
         details["cascade"] = cascade
@@ -91,7 +92,7 @@ def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, methods: d
     for name, (make_method, method) in methods.items():
         started = time.perf_counter()
         table[name], details[name] = evaluate_method(subject, method, make_method, e, cfg, images, targets, random,
-                                                     options)
+                                                     options, whole_cascade=name == s.method)
         rows.append(method.maps(view_images, view_targets))
         log.info("%s: deletion AUC %.3f, insertion AUC %.3f, sanity Spearman %s, infidelity %s, max-sensitivity %s "
                  "(%.0f s)", name, table[name]["deletion_auc"], table[name]["insertion_auc"],

@@ -405,3 +405,15 @@ def test_unreachable_store_blames_the_variable_only_when_it_is_set(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(TrackingError, match="unset MLFLOW_TRACKING_URI"):
         check_reachable(uri, timeout=2)
+
+
+def test_a_sweep_keeps_no_secret_either(tmp_path):
+    """A multirun records the command line in multirun.yaml and each child's .hydra/ files: scrubbed too."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.download", "-m", 'data.url="http://u:SECRETPW@127.0.0.1:9/x.zip?token=SECRETTOK"',
+         "data.download.retries=abc", f"hydra.sweep.dir={tmp_path}/sweep", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+        cwd=REPO, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, capture_output=True,
+        text=True, timeout=180)
+    assert result.returncode == 1 and "data.download.retries='abc'" in result.stderr
+    assert (tmp_path / "sweep" / "multirun.yaml").is_file() and (tmp_path / "sweep" / "0" / ".hydra").is_dir()
+    assert secrets_in(tmp_path) == []

@@ -5,10 +5,13 @@ Prints, measured in this run on this machine, with the jobs' default configs:
   timed on --single-classes classes and scaled to all), and the quality metrics;
 - the engine's overhead: seconds per step of class_viz's optimisation (jitter, L2, blur, clip,
   logging off) vs a bare torch forward+backward+update loop on the same batch;
+- the Fourier parametrisation's cost: seconds per iteration of class_viz=fourier (Fourier basis,
+  decorrelated colour, pad / jitter / random scale / random rotate) vs the pixel default, same batch
+  and iterations, interleaved and the fastest of --repeats each (``fourier_seconds_per_iteration_ratio``);
 - inversion: seconds per iteration and the per-layer normalised error / PSNR;
 - deepdream: seconds per iteration at 256 px with 3 octaves, activation norm before / after.
 
-    python benchmarks/generation.py [--single-classes 10] [--iterations 200]
+    python benchmarks/generation.py [--single-classes 10] [--iterations 200] [--only fourier]
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def regime(section, model):
     return from_config(section.regime, center=model.mean_image.detach().cpu())
 
 
+def seconds_per_iteration(model, classes, section, steps: int) -> float:
+    section = OmegaConf.merge(section, {"iterations": steps})
+    started = time.perf_counter()
+    visualize_classes(model, classes, regime(section, model), seed=0, init_std=section.init_std, progress=False)
+    return (time.perf_counter() - started) / steps
+
+
 def bare_loop(model, x: torch.Tensor, targets: torch.Tensor, steps: int, lr: float) -> None:
     """The floor: forward, backward to the image, a plain step; nothing else."""
     x = x.clone()
@@ -60,7 +70,12 @@ def main() -> None:
     parser.add_argument("--single-classes", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--overhead-steps", type=int, default=20)
+    parser.add_argument("--fourier-steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["class_viz", "fourier", "inversion", "deepdream"], default=None,
+                        help="run one section (class_viz includes the engine overhead)")
     args = parser.parse_args()
+    run = lambda name: args.only in (None, name)  # noqa: E731
     cfg = job_settings("config", section=None)
     subject = load_subject(cfg, "auto", "fp32")
     model = subject.model
@@ -68,9 +83,42 @@ def main() -> None:
           f"{subject.meta.get('val_accuracy', float('nan')):.4f}), device {subject.device}, "
           f"{torch.get_num_threads()} threads")
 
-    # ---------------------------------------------------------------- class_viz
     c = job_settings("class_viz", iterations=args.iterations, show_every=0)
     classes = list(range(subject.data.num_classes))
+    if run("class_viz"):
+        class_viz_section(args, subject, model, c, classes)
+    if run("fourier"):
+        fourier_section(args, model, c, classes)
+    if run("inversion"):
+        inversion_section(subject, model)
+    if run("deepdream"):
+        deepdream_section(subject, model)
+
+
+def fourier_section(args, model, c, classes) -> None:
+    """Seconds per iteration, Fourier + decorrelated colour + random transforms vs pixel space."""
+    cfg = compose_config(JOBS["class_viz"].config, ["class_viz=fourier"])
+    f = OmegaConf.merge(cfg.class_viz, {"show_every": 0})
+    bare_fourier = OmegaConf.merge(c, {"param": "fourier", "decorrelate": True})  # the basis alone, pixel's transforms
+    n = args.fourier_steps
+    seconds_per_iteration(model, classes, c, 2)  # warm-up
+    times: dict[str, list[float]] = {"pixel": [], "fourier": [], "basis": []}
+    for _ in range(args.repeats):  # interleaved: a busy machine slows all three alike
+        for name, section in (("pixel", c), ("fourier", f), ("basis", bare_fourier)):
+            times[name].append(seconds_per_iteration(model, classes, section, n))
+    best = {name: min(t) for name, t in times.items()}
+    print(f"\nFourier parametrisation, batch {len(classes)}, {n} iterations, fastest of {args.repeats}:")
+    print(f"  pixel (class_viz default: jitter {c.jitter}, blur {c.blur} every {c.blur_every}) "
+          f"{best['pixel']:.3f} s/iteration")
+    print(f"  fourier (class_viz=fourier: decorrelate {f.decorrelate}, pad {f.pad}, jitter {f.jitter}, "
+          f"{len(f.scales)} scales, {len(f.angles)} angles, blur {f.blur}) {best['fourier']:.3f} s/iteration")
+    print(f"  the basis alone (param=fourier decorrelate=true, pixel's transforms and blur) {best['basis']:.3f} "
+          f"s/iteration = {best['basis'] / best['pixel']:.3f}x")
+    print(f"fourier_seconds_per_iteration_ratio {best['fourier'] / best['pixel']:.3f} (target <= 1.3)")
+
+
+def class_viz_section(args, subject, model, c, classes) -> None:
+    # ---------------------------------------------------------------- class_viz
     started = time.perf_counter()
     images = visualize_classes(model, classes, regime(c, model), seed=0, init_std=c.init_std,
                                progress=False).images.cpu()
@@ -107,6 +155,8 @@ def main() -> None:
     print(f"\nengine overhead, batch {len(classes)}: {t_engine / n * 1000:.1f} ms/step vs bare forward+backward "
           f"{t_bare / n * 1000:.1f} ms/step = {t_engine / t_bare:.3f}x (target <= 1.2)")
 
+
+def inversion_section(subject, model) -> None:
     # ---------------------------------------------------------------- inversion
     inv = job_settings("inversion", show_every=0)
     layers = layer_list(inv.layers, model)
@@ -124,8 +174,11 @@ def main() -> None:
         print(f"  {i:2d} {model.layer_names[i]:<15} normalised error {err:.4f}  PSNR {db:5.2f} dB{mark}")
     print("  targets: shallow PSNR >= 20 dB, normalised error <= 0.05")
 
+
+def deepdream_section(subject, model) -> None:
     # ---------------------------------------------------------------- deepdream
     dd = job_settings("deepdream", show_every=0)
+    val = subject.data.split("val")
     layer = dream_layer(dd.layer, model)
     picture = fit_max_side(val.images[int(dd.val_index)].float(), dd.max_side)
     before = activation_norm(model, picture, layer)

@@ -11,6 +11,14 @@ Prints, measured in this run on this machine:
 
 Needs the prepare and train stages' outputs (dvc repro train) and, for the Captum column,
 ``pip install captum`` (the ``bench`` extra).
+
+``--imagenet`` measures instead an ImageNet-size model through the same code (no data or trained
+model needed): torchvision ResNet-50 wrapped by ``pipeline.model.external`` (random weights: the
+timings do not depend on them), 64 px images resized to 224 px, saliency images/s at batch 16 fp32
+against Captum's ``Saliency``, and class visualization of 10 classes x 100 iterations, on 64 px
+images (resized) and directly at 224 px:
+
+    python benchmarks/gradients.py --imagenet [--imagenet-batch 16] [--viz-classes 10] [--viz-iterations 100]
 """
 
 from __future__ import annotations
@@ -60,9 +68,16 @@ def main() -> None:
     parser.add_argument("--fooling-images", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--imagenet", action="store_true", help="benchmark a wrapped torchvision ResNet-50 instead")
+    parser.add_argument("--imagenet-batch", type=int, default=16)
+    parser.add_argument("--viz-classes", type=int, default=10)
+    parser.add_argument("--viz-iterations", type=int, default=100)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.imagenet:
+        imagenet(args)
+        return
     cfg = compose_config("config")
     fooling_cfg = compose_config(JOBS["fooling"].config).fooling
     subject = load_subject(cfg, "auto", "fp32")
@@ -164,6 +179,65 @@ def main() -> None:
         print(f"  iterations median {statistics.median(its):.0f}, max {max(its)}; perturbation median L2 "
               f"{statistics.median(diff[ok].flatten(1).norm(dim=1).tolist()):.1f}, median Linf "
               f"{statistics.median(diff[ok].flatten(1).abs().amax(1).tolist()):.2f} (target <= 8, 0..255 units)")
+
+
+def imagenet(args) -> None:
+    """Saliency and class visualization on torchvision ResNet-50 at 224 px (pipeline.model.external)."""
+    from pipeline.explain.class_viz import visualize_classes
+    from pipeline.explain.engine.regime import from_config
+    from pipeline.model.external import WrappedClassifier, build_external
+    from pipeline.model.precision import frozen
+
+    torch.manual_seed(0)
+    wnids = list(compose_config("config").data.subset_wnids)  # TinyImageNet-100-A's classes, in its order
+    model, meta = build_external({"source": "torchvision", "name": "resnet50", "weights": None, "input_size": 224},
+                                 wnids=wnids, image_size=64, cache_dir=REPO / "checkpoints" / "weights")
+    model = frozen(model, "cpu")
+    print(f"model: torchvision resnet50 with RANDOM weights (timing only; the weights do not change the cost), "
+          f"{meta['num_outputs']} logits restricted to the dataset's {meta['restricted_to']} wnids; 64 px images "
+          f"resized to {meta['input_size']} px; CPU, {torch.get_num_threads()} threads")
+    b = args.imagenet_batch
+    x = torch.rand(b, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    y = torch.arange(b) % len(wnids)
+
+    ours = Saliency(model, batch_size=b)
+    t_ours = best_of(lambda: ours.maps(x, y))
+    t_bf16 = best_of(lambda: Saliency(model, precision="bf16", batch_size=b).maps(x, y))
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # what a user's model looks like
+    t_bare = best_of(lambda: bare_forward_backward(plain, x, y))
+    print(f"\nsaliency, resnet50 at 224 px, batch {b}, fp32:")
+    print(f"  bare fwd+bwd fp32, NCHW model (what a user writes) {b / t_bare:7.2f} images/s")
+    print(f"  ours fp32 (channels_last)                          {b / t_ours:7.2f} images/s   "
+          f"speed vs the NCHW floor {t_bare / t_ours:.2f}x")
+    try:
+        from captum.attr import Saliency as CaptumSaliency
+
+        captum = CaptumSaliency(plain)
+        t_captum = best_of(lambda: captum.attribute(x.clone().requires_grad_(True), target=y, abs=True).amax(1))
+        captum_maps = captum.attribute(x.clone().requires_grad_(True), target=y, abs=True).amax(1)
+        agree = float(spearman(captum_maps, ours.maps(x, y)).min())
+        print(f"  Captum Saliency fp32 (NCHW model)                  {b / t_captum:7.2f} images/s   "
+              f"our speed / Captum {t_captum / t_ours:.2f}x; maps agree: Spearman min {agree:.5f}")
+    except ImportError:
+        t_captum = float("nan")
+        print("  Captum Saliency: not installed (pip install -e '.[bench]')")
+    print(f"  ours bf16 (fp32 for the layers at >= 1/2 input size) {b / t_bf16:5.2f} images/s   "
+          f"vs Captum {t_captum / t_bf16:.2f}x")
+
+    c = compose_config(JOBS["class_viz"].config, [f"class_viz.iterations={args.viz_iterations}",
+                                                  "class_viz.show_every=0"]).class_viz
+    classes = list(range(args.viz_classes))
+    direct = frozen(WrappedClassifier(model.net, image_size=224, input_size=224, columns=model.columns), "cpu")
+    print(f"\nclass visualization, {len(classes)} classes in one batch x {args.viz_iterations} iterations "
+          f"({c.step}, lr {c.lr}, jitter {c.jitter}, blur {c.blur} every {c.blur_every}), fp32:")
+    for label, m in (("64 px images, resized to 224 px (the pipeline's images)", model),
+                     ("224 px images, no resize (image_size=224)", direct)):
+        regime = from_config(c.regime, center=m.mean_image.detach().cpu())
+        started = time.perf_counter()
+        result = visualize_classes(m, classes, regime, seed=0, init_std=float(c.init_std), progress=False)
+        seconds = time.perf_counter() - started
+        print(f"  {label:58s} {seconds:7.1f} s = {seconds / args.viz_iterations:.2f} s/iteration "
+              f"(images {tuple(result.images.shape[1:])})")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.errors import ConfigError, PipelineError, one_line
 from pipeline.files import atomic_path
@@ -97,6 +97,15 @@ def scrub_hydra_outputs() -> None:
                 tmp.write_text(clean)
 
 
+def drop_other_sections(cfg: DictConfig, config_name: str) -> None:
+    """An experiment (conf/experiment/) sets the sections of every job; a job keeps its own only, so its
+    MLflow params and config.yaml say what it ran."""
+    others = {path.stem for path in CONF_DIR.glob("*.yaml")} - {"base", "config", config_name}
+    with open_dict(cfg):
+        for key in others & set(cfg.keys()):
+            del cfg[key]
+
+
 def check_config(cfg: DictConfig, config_name: str) -> None:
     """Types against the defaults (pipeline.schema), before the job opens an MLflow run."""
     defaults = job_defaults(config_name)
@@ -131,6 +140,7 @@ def hydra_job(name: str, run: Callable[[DictConfig], object]) -> Callable[[], No
 
             torch.set_num_threads(int(threads))
         try:
+            drop_other_sections(cfg, config_name)
             check_config(cfg, config_name)
             return objective_value(cfg, run(cfg))
         except PipelineError as exc:

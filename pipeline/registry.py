@@ -25,10 +25,12 @@ class Job:
     # What a user with a 24-image val set would change (conf file -> keys merged into it): the
     # end-to-end test runs the whole pipeline with these.
     smoke: dict = field(default_factory=dict)
+    runs_experiment: bool = True  # its stage passes params.yaml's `experiment` (conf/experiment/); not the data jobs
 
     @property
     def command(self) -> str:
-        return f"python -m pipeline.{self.name}"
+        """The DVC stage's command."""
+        return f"python -m pipeline.{self.name}" + (" experiment=${experiment}" if self.runs_experiment else "")
 
 
 def _viz(name: str, module: str, title: str, blurb: str, smoke: dict) -> Job:
@@ -38,9 +40,9 @@ def _viz(name: str, module: str, title: str, blurb: str, smoke: dict) -> Job:
 
 JOBS: dict[str, Job] = {job.name: job for job in [  # in pipeline order
     Job("download", "pipeline.data.download", "config", "Download", outputs=("data/raw/dataset.zip",),
-        metrics="metrics/download.json"),
+        metrics="metrics/download.json", runs_experiment=False),
     Job("prepare", "pipeline.data.prepare", "config", "Prepare", outputs=("data/prepared",),
-        metrics="metrics/prepare.json"),
+        metrics="metrics/prepare.json", runs_experiment=False),
     Job("train", "pipeline.model.train", "config", "Classifier", outputs=("models/classifier.pt",),
         metrics="metrics/train.json",
         smoke={"conf/train/default.yaml": {"epochs": 2, "batch_size": 16,

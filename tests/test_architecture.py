@@ -15,7 +15,10 @@ from import_graph import REPO, _type_checking_only, all_modules, closure, import
 from pipeline.job import primary_config
 from pipeline.registry import JOBS, VISUALIZATIONS
 
-MAX_FLOORS = 7
+# The deepest stack: command (pipeline/<job>.py) -> job -> subject (the model under study + data) ->
+# model sources (which model the config names) -> checkpoint / external models -> architectures ->
+# layers (hooks) -> errors. One floor per concept; a new floor needs a new concept, not a detour.
+MAX_FLOORS = 8
 
 
 def stage_files(stage: dict) -> set[str]:
@@ -80,7 +83,7 @@ def test_report_depends_on_every_visualization():
         assert set(job.outputs) | {job.metrics} <= set(deps), job.name
 
 
-def test_no_import_circles_and_at_most_seven_floors():
+def test_no_import_circles_and_few_floors():
     modules = all_modules()
     floors: dict[str, int] = {}
 
@@ -98,5 +101,5 @@ def test_no_import_circles_and_at_most_seven_floors():
 def test_closure_walker_sees_function_level_imports_and_skips_type_checking(tmp_path):
     tree = ast.parse("import typing\nif typing.TYPE_CHECKING:\n    from pipeline.errors import X\n")
     assert _type_checking_only(tree.body[1])
-    assert "pipeline.model.checkpoint" in imports_of("pipeline.model.listing")
+    assert "pipeline.job" in imports_of("pipeline.model.listing")  # imported inside main()
     assert "pipeline.explain.saliency" in closure({"pipeline.saliency"})

@@ -47,6 +47,8 @@ def test_dvc_params_exist_in_conf():
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         for entry in stage.get("params", []):
+            if isinstance(entry, str):  # a key of params.yaml, DVC's default params file
+                entry = {"params.yaml": [entry]}
             for path, keys in entry.items():
                 params = yaml.safe_load((REPO_ROOT / path).read_text())
                 for key in keys or []:

@@ -13,80 +13,14 @@ from pipeline.model.architectures import (CS231nNet, ImageClassifier, ResNet, Un
                                          load_cs231n_h5)
 from pipeline.model.listing import main
 
+from cs231n_reference import random_weights, reference_forward, write_h5  # noqa: F401 (test_train uses them too)
+
 h5py = pytest.importorskip("h5py")
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-CONVS = [(5, 2, 2, 64), (3, 1, 1, 64), (3, 2, 1, 128), (3, 1, 1, 128), (3, 2, 1, 256),
-         (3, 1, 1, 256), (3, 2, 1, 512), (3, 1, 1, 512), (3, 2, 1, 1024)]
-EPS = 1e-5
 
 
-# --------------------------------------------------------------------------- reference
-
-
-def random_weights(seed: int = 0, num_classes: int = 100) -> dict[str, np.ndarray]:
-    """Random float32 parameters in the layout of the original pretrained_model.h5."""
-    rng = np.random.default_rng(seed)
-    p, cin = {}, 3
-
-    def bn(i, n):
-        p[f"gamma{i}"] = rng.uniform(0.5, 1.5, n)
-        p[f"beta{i}"] = rng.normal(0, 0.2, n)
-        p[f"running_mean{i}"] = rng.normal(0, 0.5, n)
-        p[f"running_var{i}"] = rng.uniform(0.5, 2.0, n)
-
-    for i, (k, _, _, f) in enumerate(CONVS, start=1):
-        p[f"W{i}"] = rng.normal(0, np.sqrt(2 / (cin * k * k)), (f, cin, k, k))
-        p[f"b{i}"] = rng.normal(0, 0.1, f)
-        bn(i, f)
-        cin = f
-    p["W10"], p["b10"] = rng.normal(0, np.sqrt(2 / 4096), (512, 4096)), rng.normal(0, 0.1, 512)
-    bn(10, 512)
-    p["W11"], p["b11"] = rng.normal(0, np.sqrt(1 / 512), (num_classes, 512)), rng.normal(0, 0.1, num_classes)
-    return {k: v.astype(np.float32) for k, v in p.items()}
-
-
-def write_h5(path: Path, params: dict[str, np.ndarray]) -> Path:
-    with h5py.File(path, "w") as f:
-        for name, value in params.items():
-            f.create_dataset(name, data=value)
-    return path
-
-
-def conv_ref(x, w, b, stride, pad):
-    """Direct convolution (im2col by slicing), float64."""
-    n, c, h, wd = x.shape
-    f, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
-    cols = np.empty((n, c, kh, kw, ho, wo))
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
-    return np.einsum("ncijhw,fcij->nfhw", cols, w, optimize=True) + b[None, :, None, None]
-
-
-def bn_ref(x, p, i):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    g, be, m, v = (p[f"{k}{i}"].astype(np.float64).reshape(shape)
-                   for k in ("gamma", "beta", "running_mean", "running_var"))
-    return (x - m) / np.sqrt(v + EPS) * g + be
-
-
-def reference_forward(pixels, mean_image, params, end=10):
-    """The CS231n PretrainedCNN test-mode forward, written with numpy only; output of layer ``end``."""
-    p = {k: v.astype(np.float64) for k, v in params.items()}
-    a = pixels.astype(np.float64) - mean_image.astype(np.float64)
-    for i in range(end + 1):
-        i1 = i + 1
-        if i < 9:
-            _, stride, pad, _ = CONVS[i]
-            a = np.maximum(bn_ref(conv_ref(a, p[f"W{i1}"], p[f"b{i1}"], stride, pad), p, i1), 0)
-        elif i == 9:
-            a = np.maximum(bn_ref(a.reshape(a.shape[0], -1) @ p["W10"].T + p["b10"], p, 10), 0)
-        else:
-            a = a @ p["W11"].T + p["b11"]
-    return a
+# --------------------------------------------------------------------------- reference (tests/cs231n_reference.py)
 
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray):

@@ -12,7 +12,7 @@ from pipeline.registry import JOBS, VISUALIZATIONS
 
 pytestmark = pytest.mark.slow
 
-TRACKED = ["pipeline", "conf", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
+TRACKED = ["pipeline", "conf", "dvc.yaml", "params.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "pyproject.toml"]
 
 
 def copy_repo(dest):

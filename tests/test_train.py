@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from pipeline.data import cache as data
 
 from pipeline.model import train
+from pipeline.explain import saliency
 from pipeline.model.checkpoint import load_classifier
 from pipeline.errors import ConfigError, DataError
 from pipeline.job import CONF_DIR
@@ -37,7 +38,8 @@ def prepared(tmp_path_factory):
 
 
 def job_cfg(prepared, out, *overrides):
-    tiny = [o for o in TINY if o not in TINY_MODEL] if "model=cs231n" in overrides else TINY
+    cs231n = "model=cs231n" in overrides or "experiment=cs231n_2016" in overrides
+    tiny = [o for o in TINY if o not in TINY_MODEL] if cs231n else TINY
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[
             f"paths.prepared={prepared}", f"paths.metrics={out}/metrics", f"paths.plots={out}/plots",
@@ -121,6 +123,31 @@ def test_fetch_cs231n_h5_over_http(prepared, tmp_path, http_server):
     expected = test_models.reference_forward(pixels, cache.mean_image.double().numpy(),
                                              {k: v.astype(np.float64) for k, v in weights.items()})
     test_models.assert_close(model(torch.from_numpy(pixels).float()), expected)
+    assert meta["model"]["url"] == f"{http_server.url}/pretrained_model.h5"  # its identity, for the jobs
+
+
+def test_jobs_read_the_fetched_model_the_train_stage_wrote(prepared, tmp_path, http_server):
+    """Under `dvc exp run -S experiment=cs231n_2016` the train stage fetches the model once; the
+    visualization stages explain that checkpoint (no second download, even with an empty cache)."""
+    test_models = pytest.importorskip("test_models")
+    h5 = test_models.write_h5(tmp_path / "pretrained_model.h5", test_models.random_weights(seed=1, num_classes=4))
+    route = http_server.add("/pretrained_model.h5", Route(h5.read_bytes()))
+    url = f"model.url={http_server.url}/pretrained_model.h5"
+    train.run(job_cfg(prepared, tmp_path, "experiment=cs231n_2016", url))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="saliency", overrides=[
+            f"paths.prepared={prepared}", f"paths.classifier={tmp_path}/models/classifier.pt",
+            f"paths.checkpoints={tmp_path}/elsewhere", f"paths.results={tmp_path}/results",
+            f"paths.metrics={tmp_path}/metrics", f"paths.plots={tmp_path}/plots",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "progress=false", "experiment=cs231n_2016", url,
+            "saliency.views.cherry_picked.indices=[0,1]", "saliency.evaluation.n=null", "saliency.methods=[gradient]"])
+    saliency.run(cfg)
+    assert len(route.requests) == 1 and not (tmp_path / "elsewhere").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for job in ("train", "saliency"):
+        run = client.search_runs([client.get_experiment_by_name(job).experiment_id])[0]
+        assert run.data.tags["experiment"] == "cs231n_2016"
+        assert run.data.tags["model"] == "cs231n (pretrained_model.h5)"
 
 
 def test_fetch_checks_sha256(prepared, tmp_path, http_server):

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.model.architectures import ImageClassifier, build_model
+from pipeline.model.architectures import ARCHITECTURES, ImageClassifier, build_model
 from pipeline.model.precision import probabilities
 from pipeline.explain.engine.transforms import GaussianBlur
 
@@ -74,6 +74,20 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
 
 
+def reinitialized(model: ImageClassifier, arch: dict) -> ImageClassifier:
+    """A freshly initialised copy: the architecture's own init for this package's models, each module's
+    ``reset_parameters`` (torch's defaults, BN statistics included) for torchvision and user modules."""
+    if arch.get("arch") in ARCHITECTURES:
+        return build_model(arch, mean_image=model.mean_image.detach().cpu()).to(model.mean_image.device)
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+    return fresh
+
+
 def cascading_randomization(model: ImageClassifier, arch: dict, maps_of: Callable[[ImageClassifier], torch.Tensor],
                             *, seed: int = 0, ends_only: bool = False) -> list[tuple[str, float]]:
     """Adebayo et al. 2018: [(layer, mean Spearman vs the trained maps)] as layers from the top down
@@ -84,7 +98,7 @@ def cascading_randomization(model: ImageClassifier, arch: dict, maps_of: Callabl
     one per layer, which matters for methods with many passes per image (occlusion)."""
     trained = maps_of(model)
     torch.manual_seed(seed)
-    fresh = build_model(arch, mean_image=model.mean_image.detach().cpu()).to(model.mean_image.device)
+    fresh = reinitialized(model, arch)
     randomized = copy.deepcopy(model)
     results = []
     names = list(reversed(model.layer_names))

@@ -39,15 +39,16 @@ log = logging.getLogger(__name__)
 
 def make_fooling_images(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor, *,
                         max_iterations: int = 100, lr: float = 1.0, step: str = "sign", l2: float = 0.0,
-                        confidence: float = 0.0, quantize: bool = True, precision: str = "fp32",
-                        progress: bool | None = None,
+                        confidence: float = 0.0, quantize: bool = True, clip: bool = True,
+                        precision: str = "fp32", progress: bool | None = None,
                         log: StepLog | None = None, show_every: int = 0) -> Result:
     """Ascend S_target from ``images`` (float pixels) until argmax = target and P(target) >= confidence.
 
     ``step``: ``raw`` (x += lr * dS/dx, the reference), ``normalized`` (a step of L2 length lr in
     pixel units), ``sign`` (every pixel moves by lr: the smallest Linf change) or ``adam``; ``l2``
-    pulls toward the original image. Pixels stay in 0..255; with ``quantize`` they are rounded to
-    integers after every step, so the image tested for success is exactly the 8-bit file saved.
+    pulls toward the original image. Pixels stay in 0..255 (``clip=False``: unbounded, as in the CS231n
+    reference); with ``quantize`` they are rounded to integers after every step, so the image tested
+    for success is exactly the 8-bit file saved.
     With ``precision="bf16"`` the ascent runs under bf16 autocast (about 1.7x faster on CPU) and
     every success is confirmed by the fp32 model before it counts.
     """
@@ -62,7 +63,7 @@ def make_fooling_images(model: ImageClassifier, images: torch.Tensor, targets: t
         return (probs.argmax(1) == target) & (probs.gather(1, target[:, None])[:, 0] >= confidence)
 
     regime = Regime(steps=max_iterations, step=step_rule(step, lr), precision=precision, show_every=show_every,
-                    constraints=[Clip(0.0, 255.0), *([Quantize()] if quantize else [])])
+                    constraints=[*([Clip(0.0, 255.0)] if clip else []), *([Quantize()] if quantize else [])])
 
     def ascend(start: torch.Tensor, which: torch.Tensor, regime: Regime, log: StepLog | None = None) -> Result:
         objective = ClassScore(targets[which])
@@ -163,7 +164,8 @@ def run(cfg: DictConfig) -> dict:
                                             render=lambda x, n=f.figure_examples: figures.grid(x[:n], scale=2))
             results.append(make_fooling_images(
                 subject.model, images[sl], targets[sl], max_iterations=f.max_iterations, lr=f.lr, step=f.step,
-                l2=f.l2, confidence=f.confidence, quantize=f.quantize, precision=f.precision, progress=cfg.progress,
+                l2=f.l2, confidence=f.confidence, quantize=f.quantize, clip=f.clip, precision=f.precision,
+                progress=cfg.progress,
                 log=snapshots if k == 0 else None, show_every=f.show_every if k == 0 else 0))
         seconds = time.perf_counter() - started
         with tracking.StepLogger() as steps_log:

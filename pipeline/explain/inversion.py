@@ -50,14 +50,23 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
 
 
+LOSSES = ("normalized", "raw")
+
+
 def invert(model: ImageClassifier, image: torch.Tensor, layers: list[int], regime: Regime, *, seed: int,
-           init_std: float, progress: bool | None = None, log: StepLog | None = None) -> tuple[Result, list[float]]:
-    """Reconstructions of ``image`` from each layer (one batch), and their final normalised feature errors."""
+           init_std: float, loss: str = "normalized", progress: bool | None = None,
+           log: StepLog | None = None) -> tuple[Result, list[float]]:
+    """Reconstructions of ``image`` from each layer (one batch), and their final normalised feature errors.
+
+    ``loss``: ``normalized`` (||phi - phi0||^2 / ||phi0||^2: one step size fits every layer) or ``raw``
+    (the unnormalised sum the CS231n reference descends with its fixed step)."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown inversion loss {loss!r}; choose one of {', '.join(LOSSES)}")
     device = model.mean_image.device
     mean = model.mean_image.detach().cpu()
     with torch.no_grad():
         feats = model.features(image[None].to(device), layers)
-    match = FeatureMatch(layers, [feats[i][0] for i in layers])
+    match = FeatureMatch(layers, [feats[i][0] for i in layers], normalize=loss == "normalized")
     generator = torch.Generator().manual_seed(seed)
     init = (mean + init_std * torch.randn((len(layers), *mean.shape), generator=generator)).clamp(0, 255)
     result = optimize(model, init.to(device), regime.objective(match), regime, seeds=item_seeds(seed, layers),
@@ -71,6 +80,8 @@ def run(cfg: DictConfig) -> dict:
     import mlflow
 
     c = cfg.inversion
+    if c.loss not in LOSSES:  # fail before any work
+        raise ConfigError(f"unknown inversion.loss {c.loss!r}; choose one of {', '.join(LOSSES)}")
     subject = load_subject(cfg, c.device, c.precision)
     model = subject.model
     layers = layer_list(c.layers, model)
@@ -85,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         with tracking.StepLogger(key="inversion_evolution",
                                  render=lambda x: figures.grid(list(x), scale=2, pad=2)) as steps_log:
-            result, errors = invert(model, image, layers, regime, seed=cfg.seed, init_std=c.init_std,
+            result, errors = invert(model, image, layers, regime, seed=cfg.seed, init_std=c.init_std, loss=c.loss,
                                     progress=cfg.progress, log=steps_log)
         seconds = time.perf_counter() - started
         recon = result.images.cpu().round().clamp(0, 255)

@@ -26,19 +26,20 @@ from pipeline.job import hydra_job
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics, save_table
 from pipeline.data.selection import select_images
 from pipeline.explain.subject import Subject, load_subject
+from pipeline.errors import ConfigError
 from pipeline.files import write_csv
 
 log = logging.getLogger(__name__)
 
 
 def view_figure(subject: Subject, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
-                targets: torch.Tensor, maps: torch.Tensor, method: str):
+                targets: torch.Tensor, maps: torch.Tensor, method: str, colormap: str = "inferno"):
     """Images (true / predicted class) over their heat maps (the explained class)."""
     predicted = probs.argmax(1)
     captions = [f"true: {subject.class_names[int(y)]} | pred: {subject.label(int(p), float(probs[i, p]))}"
                 for i, (y, p) in enumerate(zip(labels, predicted))]
     captions += [f"{method}: {subject.class_names[int(t)]}" for t in targets]
-    tiles = [*images, *[figures.heatmap(m) for m in maps]]
+    tiles = [*images, *[figures.heatmap(m, colormap=colormap) for m in maps]]
     return figures.grid(tiles, captions, columns=len(images), scale=3, caption_lines=3, font_size=11)
 
 
@@ -98,7 +99,7 @@ def compare_methods(subject: Subject, s: DictConfig, cfg: DictConfig, methods: d
                  "(%.0f s)", name, table[name]["deletion_auc"], table[name]["insertion_auc"],
                  *(f"{table[name][k]:.3g}" if k in table[name] else "-"
                    for k in ("sanity_spearman", "infidelity", "max_sensitivity")), time.perf_counter() - started)
-    tiles = [*view_images, *[figures.heatmap(m) for maps in rows for m in maps]]
+    tiles = [*view_images, *[figures.heatmap(m, colormap=s.colormap) for maps in rows for m in maps]]
     captions = [subject.class_names[int(y)] for y in labels] + [name for name in methods for _ in view_images]
     figure = figures.grid(tiles, captions, columns=len(view_images), scale=2, caption_lines=1, font_size=11)
     return table, details, figure
@@ -126,6 +127,8 @@ def headline(row: dict, details: dict, cfg: DictConfig) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     s = cfg.saliency
+    if s.colormap not in figures.COLORMAPS:
+        raise ConfigError(f"unknown saliency.colormap {s.colormap!r}; choose one of {', '.join(figures.COLORMAPS)}")
     subject = load_subject(cfg, s.device, s.precision)
     common = dict(precision=s.precision, batch_size=s.batch_size, seed=cfg.seed)
     make_method = factory(s.method, s.options, **common)
@@ -138,10 +141,14 @@ def run(cfg: DictConfig) -> dict:
     val = subject.data.split("val")
     views = {}  # every selection and target is checked before the run starts
     for name, spec in s.views.items():
+        if spec is None:  # a view switched off (an experiment replaces the default views)
+            continue
         index = select_images(spec, subject.data, seed=cfg.seed, probabilities=subject.val_probabilities)
         images, labels = val.images[index].float(), val.labels[index]
         probs = subject.probabilities(images)
         views[name] = (index, images, labels, probs, subject.targets(s.target, labels, probs.argmax(1)))
+    if not views:
+        raise ConfigError("saliency.views has no view: name at least one (see conf/saliency.yaml)")
     evaluation = None
     if s.evaluation.n:
         index = select_images(s.evaluation, subject.data, seed=cfg.seed, probabilities=subject.val_probabilities)
@@ -156,7 +163,7 @@ def run(cfg: DictConfig) -> dict:
                 maps = attributions.abs().amax(dim=1)
             else:
                 maps = method.maps(images, targets)
-            figure = view_figure(subject, images, labels, probs, targets, maps, s.method)
+            figure = view_figure(subject, images, labels, probs, targets, maps, s.method, s.colormap)
             save_figure(tmp, figure, name, main=name == next(iter(views)))
             (tmp / f"{name}_indices.txt").write_text("\n".join(str(int(i)) for i in index) + "\n")
             log.info("view %r: val images %s", name, index.tolist())

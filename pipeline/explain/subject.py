@@ -1,7 +1,7 @@
-"""The classifier under study and the data it was trained on, as every visualization job loads them.
+"""The classifier under study and the data it is explained on, as every visualization job loads them.
 
-The model comes from the train stage's ``models/classifier.pt`` (trained here or fetched), so the
-jobs never care where it came from; its class list must match the prepared data.
+The model is the one the config's ``model`` group names (``pipeline.model.sources``): under
+``dvc repro`` the train stage's ``models/classifier.pt``; its class list must match the prepared data.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Mapping
 
 import torch
 
-from pipeline.model.checkpoint import load_classifier, pick_device
+from pipeline.model.checkpoint import pick_device
+from pipeline.model.sources import load_for_job, name
 from pipeline.data.cache import PreparedData, load_prepared
 from pipeline.data.images import image_name, read_image
 from pipeline.errors import ConfigError, DataError
@@ -33,10 +34,18 @@ class Subject:
         return self.data.class_names
 
     def tags(self) -> dict[str, str]:
-        """What an MLflow run should say about the model it explains."""
-        return {"model_arch": str(self.meta["arch"].get("arch")), "model_source": str(self.meta.get("source")),
+        """What an MLflow run should say about the model it explains: which one (``model``, its source and
+        URL with credentials redacted, its weight digest), how good it is, and where it ran."""
+        ident = self.meta.get("model") or {}
+        tags = {"model": name(ident) if ident else str(self.meta["arch"].get("arch")),
+                "model_arch": str(self.meta["arch"].get("arch")), "model_source": str(self.meta.get("source")),
+                "model_weights_sha256": str(self.meta.get("state_dict_sha256", "unknown")),
                 "model_val_accuracy": f"{self.meta.get('val_accuracy', float('nan')):.4f}", "device": str(self.device),
                 "precision": self.precision}
+        for key in ("url", "weights"):
+            if ident.get(key):
+                tags[f"model_{key}"] = str(ident[key])  # already redacted (pipeline.model.sources.identity)
+        return tags
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         """Softmax class probabilities (N, classes) on the CPU for pixel images (uint8 or float)."""
@@ -86,7 +95,7 @@ def load_subject(cfg, device: str = "auto", precision: str = "fp32") -> Subject:
     check_precision(precision)
     data = load_prepared(cfg.paths.prepared)
     dev = pick_device(device)
-    model, meta = load_classifier(cfg.paths.classifier, device=dev)
+    model, meta = load_for_job(cfg, data, dev)
     if list(meta.get("wnids", [])) != list(data.wnids):
         raise DataError(f"{cfg.paths.classifier} was trained on other classes than {cfg.paths.prepared}; "
                         "rerun the train stage (dvc repro train)")

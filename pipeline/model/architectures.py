@@ -65,6 +65,11 @@ class ImageClassifier(nn.Module):
         mean = self.mean_image
         return mean if tuple(size) == tuple(mean.shape[-2:]) else mean.mean(dim=(1, 2), keepdim=True)
 
+    def input_size_for(self, size: Sequence[int]) -> tuple[int, int]:
+        """The size (H, W) the first layer sees for pixel images of ``size``: the same, unless the
+        preprocessing resizes (a wrapped ImageNet model, ``pipeline.model.external``)."""
+        return tuple(size)
+
     # -- layers
 
     def layers(self) -> list[nn.Module]:
@@ -370,7 +375,7 @@ def reference_layer(model: ImageClassifier, reference: int, input_size: int = 64
     if reference not in REFERENCE_LAYERS:
         raise ConfigError(f"no reference layer {reference}; known: {', '.join(map(str, REFERENCE_LAYERS))}")
     factor, which = REFERENCE_LAYERS[reference]
-    target = input_size / factor
+    target = model.input_size_for((input_size, input_size))[-1] / factor  # the resolution the layers really see
     spatial = [(name, shape[-1]) for _, name, shape in model.layer_shapes(input_size) if len(shape) == 3]
     best = min(abs(size - target) for _, size in spatial)
     names = [name for name, size in spatial if abs(size - target) == best]

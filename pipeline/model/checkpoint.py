@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -70,8 +70,12 @@ def save_classifier(path: str | os.PathLike, model: ImageClassifier, arch: Mappi
         torch.save(payload, tmp)
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict]:
-    """(model in eval mode on ``device``, the checkpoint's metadata)."""
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    build: Callable[[Mapping, list, Mapping], ImageClassifier] | None = None
+                    ) -> tuple[ImageClassifier, dict]:
+    """(model in eval mode on ``device``, the checkpoint's metadata). ``build(arch, wnids, state_dict)``
+    makes the untrained model to load the weights into (default: this package's architectures;
+    ``pipeline.model.sources.load_checkpoint`` adds torchvision and user modules)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no classifier here (run the train stage: dvc repro train)")
@@ -92,7 +96,8 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise DataError(f"{path}: the weights do not match the digest stored with them (the file is corrupt); "
                         "rerun the train stage (dvc repro train)")
     try:
-        model = build_model(payload["arch"])
+        model = (build or (lambda arch, wnids, state: build_model(arch)))(payload["arch"], payload["wnids"],
+                                                                          payload["state_dict"])
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: weights do not fit the architecture {dict(payload['arch'])} "

@@ -8,7 +8,8 @@ import os
 from typing import Sequence
 
 from pipeline.model.architectures import ImageClassifier, build_model
-from pipeline.model.checkpoint import load_classifier
+from pipeline.model.external import build_external, imagenet_wnids
+from pipeline.model.sources import EXTERNAL, load_checkpoint
 
 
 def _describe(title: str, model: ImageClassifier) -> None:
@@ -33,12 +34,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.model and args.model not in names:
         if not os.path.isfile(args.model):
             parser.error(f"{args.model!r} is neither a conf/model name ({', '.join(names)}) nor a file")
-        model, meta = load_classifier(args.model)
+        model, meta = load_checkpoint(args.model)
         _describe(f"{args.model} [{meta['arch']['arch']}, source {meta.get('source')}]", model)
         return
     for name in [args.model] if args.model else names:
         cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-        _describe(f"conf/model/{name}.yaml", build_model(cfg))
+        if cfg.get("source") not in EXTERNAL:
+            _describe(f"conf/model/{name}.yaml", build_model(cfg))
+        elif cfg.get("source") == "torchvision":  # its random init: the layers, not the weights, are listed
+            model, _ = build_external({**OmegaConf.to_container(cfg), "weights": None}, wnids=imagenet_wnids(),
+                                      image_size=64, cache_dir=".")
+            _describe(f"conf/model/{name}.yaml: {cfg.name}, 64 px images resized to {cfg.input_size}", model)
+        else:
+            print(f"conf/model/{name}.yaml: a user's module (model._target_); list it with "
+                  f"python -m pipeline.models <its classifier.pt>")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def fp32_layers(model: ImageClassifier, size: tuple[int, int]) -> int:
     cache = model.__dict__.setdefault("_fp32_layers", {})
     if key not in cache:
         shapes = model.layer_shapes(size)
-        cache[key] = sum(1 for _, _, shape in shapes if len(shape) == 3 and 2 * shape[-1] >= size[-1])
+        seen = model.input_size_for(size)[-1]  # a wrapped ImageNet model resizes first (pipeline.model.external)
+        cache[key] = sum(1 for _, _, shape in shapes if len(shape) == 3 and 2 * shape[-1] >= seen)
     return cache[key]
 
 

@@ -1,5 +1,6 @@
-"""Job ``train``: train the classifier on the prepared cache, or fetch the original CS231n model;
-then evaluate it on the full val set and save ``models/classifier.pt``.
+"""Job ``train``: train the classifier on the prepared cache, or obtain the one ``model.source`` names
+(the original CS231n model, a torchvision or a user's model: ``pipeline.model.sources``); then
+evaluate it on the full val set and save ``models/classifier.pt`` with its identity.
 
 Training reads uint8 tensors from the cache (no JPEG decoding), augments on whole batches
 (pad-and-crop, flip), can grow the image size over the epochs (progressive resizing: early
@@ -26,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline.track import tracking
-from pipeline.model.checkpoint import architecture, model_from_file, pick_device, save_classifier
+from pipeline.model.checkpoint import architecture, pick_device, save_classifier
+from pipeline.model import sources
 from pipeline.data.cache import PreparedData, Split, load_prepared
 from pipeline.errors import ConfigError, DataError
-from pipeline.data.fetch import fetch
 from pipeline.files import atomic_path, write_csv, write_json
 from pipeline.job import hydra_job, overrides, seed_everything
 from pipeline.model.architectures import ImageClassifier, build_model
@@ -37,8 +38,6 @@ from pipeline.model.muon import MuonSGD
 from pipeline.model.precision import autocast
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("train", "fetch")
 
 
 # --------------------------------------------------------------------------- settings
@@ -365,29 +364,25 @@ def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str
 def run(cfg: DictConfig) -> dict:
     import mlflow
 
-    source = cfg.model.source
-    if source not in SOURCES:
-        raise ConfigError(f"unknown model.source {source!r}; choose one of {', '.join(SOURCES)}")
+    source = sources.check_source(cfg.model)
     device = pick_device(cfg.train.device)
     s = settings(cfg, device)
     if s.threads:
         torch.set_num_threads(int(s.threads))
     data = load_prepared(cfg.paths.prepared)
-    build_model(cfg.model, num_classes=data.num_classes)  # unknown arch/options fail before any work
+    if source not in sources.EXTERNAL:
+        build_model(cfg.model, num_classes=data.num_classes)  # unknown arch/options fail before any work
     out_dir = Path(cfg.paths.metrics)
     with tracking.start_run(cfg, "train", dataset_sha256=data.sha256, overrides=overrides()):
-        mlflow.set_tags({"model_source": source, "device": str(device), "arch": cfg.model.arch})
+        mlflow.set_tags({"model": sources.name(cfg.model), "model_source": source, "device": str(device),
+                         "arch": cfg.model.arch})
         started = time.perf_counter()
         if source == "train":
             model, history = train_model(cfg, data, device, s)
             images_per_second = float(np.mean([r["images_per_second"] for r in history]))
             train_minutes = (time.perf_counter() - started) / 60
         else:
-            if not cfg.model.get("url"):
-                raise ConfigError(f"model.source=fetch needs model.url (model {cfg.model.arch!r} has none)")
-            target = Path(cfg.paths.checkpoints) / ("fetched_" + Path(cfg.model.url.split("?")[0]).name)
-            fetch(cfg.model.url, target, sha256=cfg.model.sha256, progress=cfg.progress)
-            model, _ = model_from_file(target, cfg.model, data.mean_image, data.num_classes, data.wnids)
+            model, arch = sources.obtain(cfg.model, data, cache_dir=cfg.paths.checkpoints, progress=cfg.progress)
             history, images_per_second, train_minutes = [], 0.0, 0.0
         model = model.to(device).eval()
         val = data.split("val")
@@ -407,11 +402,12 @@ def run(cfg: DictConfig) -> dict:
         write_csv(reports / "per_class_accuracy.csv", per_class)
         mlflow.log_artifact(str(reports / "confusion_top_pairs.csv"))
         mlflow.log_artifact(str(reports / "per_class_accuracy.csv"))
-        arch = architecture(cfg.model)
-        arch["num_classes"] = data.num_classes
+        if source == "train":
+            arch = architecture(cfg.model)
+            arch["num_classes"] = data.num_classes
         save_classifier(cfg.paths.classifier, model, arch, wnids=data.wnids, class_names=data.class_names,
                         source=source, extra={"val_accuracy": metrics["val_accuracy"],
-                                              "dataset_sha256": data.sha256})
+                                              "dataset_sha256": data.sha256, "model": sources.identity(cfg.model)})
         mlflow.log_artifact(cfg.paths.classifier)
         write_csv(Path(cfg.paths.plots) / "train.csv", history)
         write_json(out_dir / "train.json", metrics)

@@ -77,11 +77,20 @@ _INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [21
                      [250, 193, 39], [252, 255, 164]], dtype=np.float64)
 
 
-def heatmap(values: torch.Tensor | np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """(H, W) non-negative values -> HxWx3 uint8, 0 dark, ``vmax`` (default: the map's max) bright."""
+COLORMAPS = ("inferno", "gray")
+
+
+def heatmap(values: torch.Tensor | np.ndarray, vmax: float | None = None, colormap: str = "inferno") -> np.ndarray:
+    """(H, W) non-negative values -> HxWx3 uint8, 0 dark, ``vmax`` (default: the map's max) bright;
+    ``gray`` is the CS231n notebooks' colormap."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
     v = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
     top = float(v.max()) if vmax is None else float(vmax)
-    t = np.clip(v / top, 0, 1) * (len(_INFERNO) - 1) if top > 0 else np.zeros_like(v, dtype=np.float64)
+    t = np.clip(v / top, 0, 1) if top > 0 else np.zeros_like(v, dtype=np.float64)
+    if colormap == "gray":
+        return np.repeat(np.rint(255 * t).astype(np.uint8)[..., None], 3, axis=-1)
+    t = t * (len(_INFERNO) - 1)
     lo = np.minimum(np.floor(t).astype(int), len(_INFERNO) - 2)
     frac = (t - lo)[..., None]
     return np.rint(_INFERNO[lo] * (1 - frac) + _INFERNO[lo + 1] * frac).astype(np.uint8)

@@ -124,6 +124,7 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         "hydra_overrides": " ".join(redacted(list(overrides or []))),
     }
     tags.update(process_tags())
+    tags.update({str(k): redact(str(v)) for k, v in (cfg.tracking.get("tags") or {}).items()})  # e.g. experiment
     if dataset_sha256:
         tags["dataset_sha256"] = dataset_sha256
     parent = os.environ.get("PIPELINE_SWEEP_PARENT_RUN")  # set by pipeline.sweep during a Hydra multirun

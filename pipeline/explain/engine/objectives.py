@@ -138,30 +138,41 @@ class FeatureMatch(Objective):
 
     ``layers`` is one layer for all images or one per image (reconstruction by depth in one
     batch); ``targets`` the features phi0 to match, a tensor (N, ...) or one tensor per image.
+    ``normalize=False`` maximises the raw -||phi(x) - phi0||^2 instead, as the CS231n reference's
+    ``invert_features`` does, whose fixed step size (lr 1e4) is on that scale.
     """
 
     name = "feature_error"
 
-    def __init__(self, layers: int | str | Sequence[int | str], targets: torch.Tensor | Sequence[torch.Tensor]):
+    def __init__(self, layers: int | str | Sequence[int | str], targets: torch.Tensor | Sequence[torch.Tensor],
+                 normalize: bool = True):
         self.layers = layers
         self.targets = [t.detach() for t in targets]
+        self.normalize = bool(normalize)
 
-    def errors(self, probe: Probe) -> torch.Tensor:
-        """The normalised feature error per image (>= 0)."""
+    def distances(self, probe: Probe) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: ||phi(x) - phi0||^2 and ||phi0||^2."""
         per_image = not isinstance(self.layers, (int, str))
         layer_of = [probe.model.layer_index(self.layers[i] if per_image else self.layers) for i in probe.index.tolist()]
         feats = probe.features(sorted(set(layer_of)))
-        errors = []
+        squared, norms = [], []
         for j, (i, layer) in enumerate(zip(probe.index.tolist(), layer_of)):
             phi, target = feats[layer][j].float(), self.targets[i].to(probe.input.device, torch.float32)
-            errors.append(((phi - target) ** 2).sum() / (target ** 2).sum().clamp_min(1e-12))
-        return torch.stack(errors)
+            squared.append(((phi - target) ** 2).sum())
+            norms.append((target ** 2).sum())
+        return torch.stack(squared), torch.stack(norms)
+
+    def errors(self, probe: Probe) -> torch.Tensor:
+        """The normalised feature error per image (>= 0), whichever loss is optimised."""
+        squared, norms = self.distances(probe)
+        return squared / norms.clamp_min(1e-12)
 
     def evaluate(self, probe: Probe) -> Evaluation:
-        return Evaluation({self.name: -self.errors(probe)})
+        squared, norms = self.distances(probe)
+        return Evaluation({self.name: -(squared / norms.clamp_min(1e-12) if self.normalize else squared)})
 
     def __repr__(self) -> str:
-        return f"FeatureMatch({self.layers!r})"
+        return f"FeatureMatch({self.layers!r}{'' if self.normalize else ', normalize=False'})"
 
 
 class ActivationNorm(Objective):

@@ -1,5 +1,5 @@
-"""How an image is optimised, apart from what for: steps, step rule, input transforms, constraints,
-image priors, precision. Built once per job from a ``conf/optim/`` preset with
+"""How an image is optimised, apart from what for: parametrisation, steps, step rule, input
+transforms, constraints, image priors, precision. Built once per job from a ``conf/optim/`` preset with
 ``hydra.utils.instantiate`` (``_target_: pipeline.explain.engine.regime.build``); the engine and
 the jobs' domain functions then take the built ``Regime``, never a config.
 """
@@ -14,8 +14,9 @@ import torch
 from pipeline.errors import ConfigError
 from pipeline.explain.building import instantiate
 from pipeline.explain.engine.objectives import Objective, check_prior_weights, with_priors
+from pipeline.explain.engine.parametrisation import GREY, Parametrisation, Pixel, parametrisation
 from pipeline.explain.engine.steps import StepRule, step_rule
-from pipeline.explain.engine.transforms import Blur, Clip, GaussianBlur, Jitter
+from pipeline.explain.engine.transforms import Blur, Clip, Crop, GaussianBlur, Jitter, Pad, RandomRotate, RandomScale
 from pipeline.model.precision import check_precision
 
 Transform = Callable[[torch.Tensor, Sequence[torch.Generator]], torch.Tensor]  # differentiable, before the model
@@ -35,6 +36,7 @@ class Regime:
     center: torch.Tensor | None = None  # what L2 pulls toward and blur pads with (the model's mean image)
     precision: str = "fp32"
     show_every: int = 0  # image snapshots to the step log every k steps (0 = none)
+    parametrisation: Parametrisation = field(default_factory=Pixel)  # what the step rule moves
 
     def __post_init__(self):
         if int(self.steps) < 0:
@@ -49,9 +51,12 @@ class Regime:
 
 def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str = "none", blur_every: int = 1,
           blur_sigma: float = 0.5, l2: float = 0.0, tv: float = 0.0, precision: str = "fp32", show_every: int = 0,
-          center: torch.Tensor | None = None) -> Regime:
-    """The pixel-space regime of the CS231n reference and its successors: jitter before the model;
-    clip to 0..255, then blur (every ``blur_every`` steps) after each update, as the reference does."""
+          param: str = "pixel", decorrelate: bool = False, fourier_decay: float = 1.0, pad: int = 0,
+          scales: Sequence[float] = (), angles: Sequence[float] = (), center: torch.Tensor | None = None) -> Regime:
+    """The regime of the CS231n reference and its successors: the image in pixel space or a Fourier /
+    decorrelated-colour basis (Olah et al. 2017); before the model pad, jitter, random scale and random
+    rotation, then crop back to size; after each update clip to 0..255, then blur (every ``blur_every``
+    steps), as the reference does. With none of the new options this is the pixel regime as it was."""
     if blur not in BLURS:
         raise ConfigError(f"unknown blur {blur!r}; choose one of {', '.join(BLURS)}")
     constraints: list[Constraint] = [Clip(0.0, 255.0)]
@@ -59,9 +64,24 @@ def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str =
         constraints.append(Blur(every=blur_every, center=center))
     elif blur == "gaussian":
         constraints.append(GaussianBlur(blur_sigma, every=blur_every, center=center))
-    return Regime(steps=int(iterations), step=step_rule(step, lr), transforms=[Jitter(jitter)] if jitter else [],
+    fill = GREY if center is None else center.detach().float().mean(dim=(-2, -1), keepdim=True)  # the mean colour
+    transforms: list[Transform] = []
+    if int(pad) < 0:
+        raise ConfigError(f"pad must be >= 0 pixels, got {pad}")
+    if pad:
+        transforms.append(Pad(pad, fill=fill))
+    if jitter:
+        transforms.append(Jitter(jitter, center=center))
+    if scales:
+        transforms.append(RandomScale(list(scales), fill=fill))
+    if angles:
+        transforms.append(RandomRotate(list(angles), fill=fill))
+    if pad:
+        transforms.append(Crop(pad))
+    return Regime(steps=int(iterations), step=step_rule(step, lr), transforms=transforms,
                   constraints=constraints, l2=float(l2), tv=float(tv), center=center, precision=precision,
-                  show_every=int(show_every))
+                  show_every=int(show_every),
+                  parametrisation=parametrisation(param, decorrelate=decorrelate, center=center, decay=fourier_decay))
 
 
 def from_config(node, **runtime) -> Regime:

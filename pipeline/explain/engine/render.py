@@ -3,10 +3,15 @@ and DeepDream (after Lucent's ``optvis/render.py``): (start images, objective, r
 
 One loop for all of them: a batch of pixel images (N, 3, H, W, 0..255), an objective from
 ``objectives`` (per-image values to maximise, priors included), and a ``Regime`` (steps, step
-rule, differentiable input transforms such as jitter, constraints after each update such as clip
-and blur, precision), plus an optional per-image stopping test. Images that meet it leave the
-batch (no further forward or backward passes); ``Result.steps`` says how many updates each got.
-Per-step terms and snapshots go to ``log`` (``pipeline.track.tracking.StepLogger`` sends them to MLflow).
+rule, parametrisation, differentiable input transforms such as jitter, constraints after each
+update such as clip and blur, precision), plus an optional per-image stopping test. Images that
+meet it leave the batch (no further forward or backward passes); ``Result.steps`` says how many
+updates each got. Per-step terms and snapshots go to ``log`` (``pipeline.track.tracking.StepLogger``
+sends them to MLflow).
+
+The step rule moves the regime's parameters (pixels, or a Fourier / decorrelated-colour basis,
+``parametrisation``), encoded from the start images; the objective and the constraints see the
+decoded pixels, and a constrained image is encoded again (exact: the maps are linear and invertible).
 
 Deterministic: randomness comes from one generator per image seeded from ``seeds``
 (``item_seeds``), and the images do not interact, so an image's result does not depend on the
@@ -57,7 +62,8 @@ class Result:
 def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime: Regime, *,
              seeds: Sequence[int] | None = None, stop: StopTest | None = None, progress: bool | None = None,
              desc: str = "optimise", log: StepLog | None = None, step_offset: int = 0) -> Result:
-    """Maximise ``objective`` over the pixels of ``init``, ``regime.steps`` updates at most.
+    """Maximise ``objective`` over the images starting at ``init`` (pixels), ``regime.steps`` updates
+    at most, in the regime's parametrisation.
 
     With ``stop``, each image is tested before each update (and once after the last): those that
     pass are frozen. ``model`` should be frozen (``pipeline.model.precision.frozen``). ``step_offset``
@@ -65,12 +71,14 @@ def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime:
     """
     steps, precision, show_every = int(regime.steps), regime.precision, regime.show_every
     x = init.detach().clone().float()
+    codec = regime.parametrisation.start(x)
+    params = codec.encode(x)  # pixel space: x itself
     n = len(x)
     seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != n:
         raise ConfigError(f"{len(seeds)} seeds for {n} images")
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    update = regime.step.start(x)
+    update = regime.step.start(params)
     count = torch.zeros(n, dtype=torch.long, device=x.device)
     stopped = torch.zeros(n, dtype=torch.bool, device=x.device)
     history: list[dict[str, float]] = []
@@ -82,7 +90,8 @@ def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime:
             break
         if log is not None and show_every and t % show_every == 0:
             log.images(step_offset + t, x)
-        xa = x[index].requires_grad_(True)
+        pa = params[index].requires_grad_(True)
+        xa = codec.decode(pa)
         xin = xa
         for transform in regime.transforms:
             xin = transform(xin, [generators[i] for i in index.tolist()])
@@ -104,13 +113,20 @@ def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime:
         bar.set_postfix(loss=f"{record['loss']:.4g}", active=int(moving.sum()))
         if t == steps or not bool(moving.any()):
             continue
-        (grad,) = torch.autograd.grad(loss.sum(), xa)
+        (grad,) = torch.autograd.grad(loss.sum(), pa)
         keep, grad = index[moving], grad[moving]
         with torch.no_grad():
-            updated = update(xa.detach()[moving], grad, keep, count[keep])
-            for constraint in regime.constraints:
-                updated = constraint(updated, t)
-            x[keep] = updated
+            updated = update(pa.detach()[moving], grad, keep, count[keep])
+            if codec.identity:
+                for constraint in regime.constraints:
+                    updated = constraint(updated, t)
+                x[keep] = updated
+            else:  # constraints are defined on pixels: decode, constrain, encode again
+                pixels = codec.decode(updated)
+                for constraint in regime.constraints:
+                    pixels = constraint(pixels, t)
+                x[keep] = pixels
+                params[keep] = codec.encode(pixels) if regime.constraints else updated
         count[keep] += 1
     bar.close()
     if log is not None and show_every:

@@ -1,7 +1,8 @@
 """Step rules: how an image moves given its gradient, x <- x - lr * direction(grad).
 
 ``start(like)`` returns the update function for one optimisation (stateful rules such as Adam
-keep per-image state there, indexed by batch position, so images can stop on their own).
+keep per-image state there, indexed by batch position, so images can stop on their own). ``x`` is
+whatever the parametrisation optimises: (N, 3, H, W) pixels or, e.g., (N, 3, H, W', 2) spectra.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import torch
 from pipeline.errors import ConfigError
 
 Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # x, grad, index, count
+
+
+def per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(n,) per-image values shaped to broadcast against ``like`` (n, ...)."""
+    return values.view(-1, *[1] * (like.dim() - 1))
 
 
 class StepRule:
@@ -49,7 +55,7 @@ class Normalized(StepRule):
     name = "normalized"
 
     def step(self, grad):
-        return self.lr * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return self.lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
 
 
 class Scaled(StepRule):
@@ -58,7 +64,7 @@ class Scaled(StepRule):
     name = "scaled"
 
     def step(self, grad):
-        return self.lr * grad / grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return self.lr * grad / per_image(grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12), grad)
 
 
 class Sign(StepRule):
@@ -87,7 +93,7 @@ class Adam(StepRule):
             mi = m[index] * b1 + (1 - b1) * grad
             vi = v[index] * b2 + (1 - b2) * grad ** 2
             m[index], v[index] = mi, vi
-            t = (count + 1).to(grad).view(-1, 1, 1, 1)
+            t = per_image((count + 1).to(grad), grad)
             return x - self.lr * (mi / (1 - b1 ** t)) / ((vi / (1 - b2 ** t)).sqrt() + self.eps)
 
         return update

@@ -72,3 +72,30 @@ def test_dvc_repro_runs_every_stage_then_nothing(http_server, synthetic_zip, tmp
     assert len(route.requests) == 1  # nothing fetched the second time
     status = run(["dvc", "status", "dvc.yaml"], repo, env)
     assert "up to date" in status.lower()
+
+    # The 2016 experiment as one switch: the model is fetched (no training), every later stage reruns
+    # with the reference settings, the data stages do not, and the runs say which experiment they are.
+    h5py = pytest.importorskip("h5py")  # noqa: F841 (the fetched model is an HDF5 file)
+    from test_experiment import h5_for
+
+    h5 = http_server.add("/pretrained_model.h5", Route(h5_for(tmp_path / "pretrained_model.h5", num_classes=4)))
+    from omegaconf import OmegaConf
+
+    experiment = repo / "conf" / "experiment" / "cs231n_2016.yaml"
+    smaller = OmegaConf.merge(OmegaConf.load(experiment), {  # as shrink_configs does for the jobs
+        "saliency": {"views": {"cherry_picked": {"indices": [0, 1]}}},  # 8 val images here, not 5,000
+        "fooling": {"target": "random", "max_iterations": 10},  # no goose among the synthetic classes
+        "class_viz": {"iterations": 3}, "inversion": {"iterations": 3},
+        "deepdream": {"iterations": 2, "max_side": 96}})
+    experiment.write_text("# @package _global_\n" + OmegaConf.to_yaml(smaller))  # the header is not data
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "smaller 2016 experiment"], repo)
+    out = run(["dvc", "exp", "run", "-S", "experiment=cs231n_2016"], repo, env)
+    assert [s for s in stages if f"Running stage '{s}'" in out] == [s for s in stages if s not in ("download", "prepare")]
+    assert len(h5.requests) == 1 and len(route.requests) == 1
+    assert "experiment: cs231n_2016" in (repo / "params.yaml").read_text()
+    for job in ("train", "fooling", "class_viz"):
+        runs = client.search_runs([client.get_experiment_by_name(job).experiment_id],
+                                  order_by=["attributes.start_time DESC"])
+        assert [r.data.tags["experiment"] for r in runs] == ["cs231n_2016", "default"]
+        assert runs[0].data.tags["model"] == "cs231n (pretrained_model.h5)" and runs[0].info.status == "FINISHED"
+    assert '"epochs": 0' in (repo / "metrics" / "train.json").read_text()  # fetched, not trained

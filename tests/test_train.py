@@ -38,8 +38,8 @@ def prepared(tmp_path_factory):
 
 
 def job_cfg(prepared, out, *overrides):
-    cs231n = "model=cs231n" in overrides or "experiment=cs231n_2016" in overrides
-    tiny = [o for o in TINY if o not in TINY_MODEL] if cs231n else TINY
+    other_model = {"model=cs231n", "model=torchvision", "experiment=cs231n_2016"} & set(overrides)
+    tiny = [o for o in TINY if o not in TINY_MODEL] if other_model else TINY
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[
             f"paths.prepared={prepared}", f"paths.metrics={out}/metrics", f"paths.plots={out}/plots",
@@ -220,3 +220,28 @@ def test_alternating_flips_mirror_every_image_once_in_two_epochs():
     x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4).to(torch.uint8)
     out = train.augment(x, torch.Generator().manual_seed(0), pad=0, flip=torch.tensor([True, False]))
     assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1])
+
+
+def test_a_torchvision_model_is_scored_saved_and_explained_like_any_other(prepared, tmp_path):
+    """`model=torchvision`: no training; the train stage scores it on val and writes classifier.pt with its
+    identity, which a job naming the same model then reads back (layers, weights and all)."""
+    model_cfg = ["model=torchvision", "model.name=resnet18", "model.weights=null", "model.input_size=64"]
+    metrics = train.run(job_cfg(prepared, tmp_path, *model_cfg))
+    assert metrics["epochs"] == 0 and 0 <= metrics["val_accuracy"] <= 1
+    from pipeline.model.sources import load_checkpoint
+
+    model, meta = load_checkpoint(tmp_path / "models" / "classifier.pt")
+    assert meta["arch"]["arch"] == "torchvision" and meta["model"]["name"] == "resnet18"
+    assert "layer4.1" in model.layer_names and model.num_classes == 4  # 1000 ImageNet logits, restricted
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="saliency", overrides=[
+            f"paths.prepared={prepared}", f"paths.classifier={tmp_path}/models/classifier.pt",
+            f"paths.checkpoints={tmp_path}/checkpoints", f"paths.results={tmp_path}/results",
+            f"paths.metrics={tmp_path}/metrics", f"paths.plots={tmp_path}/plots",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "progress=false", *model_cfg,
+            "saliency.views.confident.min_confidence=0.0", "saliency.views.confident.n=2",
+            "saliency.evaluation.n=null", "saliency.methods=[gradient]"])
+    saliency.run(cfg)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    tags = client.search_runs([client.get_experiment_by_name("saliency").experiment_id])[0].data.tags
+    assert tags["model"] == "torchvision resnet18" and tags["model_weights_sha256"] == meta["state_dict_sha256"]

@@ -131,8 +131,8 @@ def _checkpoint_mismatch(model_cfg: Mapping, meta: Mapping, path: Path) -> str |
                                                                               default=str)
     if same:
         return None
-    held = f"a fetched {stored.get('arch')} model" if stored.get("source") == "fetch" and not stored.get("url") \
-        else name(stored)  # checkpoints written before identities were stored record no URL
+    held = name(stored) if stored.get("source") in SOURCES and (stored.get("url") or stored.get("source") != "fetch") \
+        else f"a {stored.get('arch')} model ({stored.get('source')})"
     return f"{path} holds {held}, but the config names {name(model_cfg)}"
 
 

@@ -117,15 +117,11 @@ def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime:
         keep, grad = index[moving], grad[moving]
         with torch.no_grad():
             updated = update(pa.detach()[moving], grad, keep, count[keep])
-            if codec.identity:
-                for constraint in regime.constraints:
-                    updated = constraint(updated, t)
-                x[keep] = updated
-            else:  # constraints are defined on pixels: decode, constrain, encode again
-                pixels = codec.decode(updated)
-                for constraint in regime.constraints:
-                    pixels = constraint(pixels, t)
-                x[keep] = pixels
+            pixels = codec.decode(updated)  # constraints are defined on pixels
+            for constraint in regime.constraints:
+                pixels = constraint(pixels, t)
+            x[keep] = pixels  # in pixel space ``params`` is ``x``: done
+            if not codec.identity:  # encode the constrained pixels again (exact: the maps are invertible)
                 params[keep] = codec.encode(pixels) if regime.constraints else updated
         count[keep] += 1
     bar.close()

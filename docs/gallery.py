@@ -26,6 +26,7 @@ PICTURES = [
     ("class_viz.png", "class_viz/grid.png", "Class model visualizations of all 100 classes"),
     ("inversion.png", "inversion/by_depth.png", "Feature inversion (Mahendran & Vedaldi 2015) by depth"),
     ("deepdream.png", "deepdream/comparison.png", "DeepDream"),
+    ("features.png", "features/overview.png", "Feature visualization: 8 channels of each stage, shallow to deep"),
 ]
 
 

@@ -63,6 +63,10 @@ JOBS: dict[str, Job] = {job.name: job for job in [  # in pipeline order
     _viz("deepdream", "pipeline.explain.deepdream", "DeepDream",
          "A layer's activations amplified with jitter and octaves.",
          {"conf/deepdream.yaml": {"deepdream": {"iterations": 2, "max_side": 96, "octaves": 2}}}),
+    _viz("features", "pipeline.explain.features", "Feature visualization",
+         "Olah et al. 2017: for each stage, images that maximise its most active channels (what each unit "
+         "detects); the ratio under each is its activation over the largest any val image gives it.",
+         {"conf/features.yaml": {"features": {"iterations": 3, "channels": 2, "val_images": 8}}}),
     Job("report", "pipeline.track.report", "report", "Report", outputs=("report/index.html",)),
 ]}
 

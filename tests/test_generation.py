@@ -17,6 +17,7 @@ from pipeline.job import compose_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.data.images import center_square, fit_max_side, read_image
 from pipeline.model.architectures import UnknownLayerError, build_model, reference_layer
+from pipeline.model.checkpoint import save_classifier
 from pipeline.model.precision import frozen
 
 
@@ -109,6 +110,25 @@ def test_class_viz_classes_and_reference_preset(subject_files, tmp_path):
     assert (cfg.class_viz.step, cfg.class_viz.lr, cfg.class_viz.l2, cfg.class_viz.blur_every) == ("raw", 10000.0, 1e-6, 1)
 
 
+def test_class_viz_judged_by_an_independent_classifier(subject_files, tmp_path):
+    metrics = class_viz.run(job_config("class_viz", subject_files, tmp_path, "class_viz.iterations=5",
+                                       f"class_viz.judge={subject_files['classifier']}"))
+    # The model judging its own saved images: cross-model recognition is its top-1 after PNG.
+    assert metrics["cross_model_top1"] == metrics["quantized_top1_rate"] and 0 < metrics["cross_model_target_prob"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("class_viz").experiment_id])[0]
+    assert run.data.tags["judge"] == str(subject_files["classifier"]) and run.data.metrics["cross_model_top1"] >= 0
+
+
+def test_class_viz_judge_of_other_classes_is_refused_before_the_run(subject_files, tmp_path):
+    other, arch = tiny_classifier(3)
+    save_classifier(tmp_path / "other.pt", other, arch, wnids=["n1", "n2", "n3"], class_names=["a", "b", "c"],
+                    source="train")
+    with pytest.raises(DataError, match="other classes"):
+        class_viz.run(job_config("class_viz", subject_files, tmp_path / "out", f"class_viz.judge={tmp_path}/other.pt"))
+    assert not (tmp_path / "out" / "results").exists()
+
+
 @pytest.mark.parametrize("override, error, message", [
     ("class_viz.classes=zebra", ConfigError, "unknown class 'zebra'"),
     ("class_viz.lr=0", ConfigError, "must be > 0"),
@@ -141,14 +161,65 @@ def test_inversion_job_by_depth(subject_files, tmp_path):
     assert saved == pytest.approx(metrics)
     # stem, stage1.block1 (the tiny net's 1/4-size layer: shallow), stage2.block1 (index 2), ... deep = last spatial
     assert {"psnr_stem", "normalized_error_stem", "shallow_psnr", "shallow_normalized_error", "deep_psnr"} <= set(saved)
+    assert saved["num_images"] == 1 and saved["psnr_min_stem"] == saved["psnr_stem"] == saved["stem_psnr_mean"]
     out = tmp_path / "results" / "inversion"
     assert (out / "by_depth.png").is_file() and (out / "original.png").is_file()
     depth = (tmp_path / "plots" / "inversion_depth.csv").read_text().splitlines()  # the DVC plot
-    assert depth[0] == "depth,layer,psnr,normalized_error" and len(depth) == 1 + len(
-        [k for k in saved if k.startswith("psnr_")])
+    assert depth[0] == "depth,layer,psnr,psnr_min,normalized_error" and len(depth) == 1 + len(
+        [k for k in saved if k.startswith("psnr_") and not k.startswith("psnr_min_")])
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("inversion").experiment_id])[0]
     assert len(client.get_metric_history(run.info.run_id, "feature_error")) == 8
+
+
+def test_inversion_job_over_val_images(subject_files, tmp_path):
+    """The default: several val images spread over the classes, every (image, layer) in one batch;
+    per-layer means and minima, and the headline keys."""
+    metrics = inversion.run(job_config("inversion", subject_files, tmp_path, "inversion.iterations=4",
+                                       "inversion.images=3", "inversion.layers=[1]"))
+    layers = ["stem", "stage1.block1"] + [k[len("psnr_min_"):] for k in metrics if k.startswith("psnr_min_")][2:]
+    assert metrics["num_images"] == 3
+    assert {"shallow_psnr_mean", "shallow_psnr_min", "stem_psnr_mean", "stem_psnr_min", "shallow_psnr", "deep_psnr",
+            "seconds_per_iteration"} <= set(metrics)
+    for name in layers:
+        assert metrics[f"psnr_min_{name}"] <= metrics[f"psnr_{name}"]
+        assert f"normalized_error_{name}" in metrics
+    assert metrics["shallow_psnr"] == metrics["shallow_psnr_mean"] >= metrics["shallow_psnr_min"]
+    out = tmp_path / "results" / "inversion"
+    assert (out / "by_depth.png").is_file() and (out / "image02_original.png").is_file()
+    depth = (tmp_path / "plots" / "inversion_depth.csv").read_text().splitlines()
+    assert depth[0] == "depth,layer,psnr,psnr_min,normalized_error"
+
+
+def test_inversion_picks_val_images_evenly_over_classes():
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 3, 3])  # sorted by (label, index): 1 3 | 2 5 | 0 4 | 6 7
+    assert inversion.evenly_spread(labels, 4) == [1, 2, 0, 6]
+    assert inversion.evenly_spread(labels, 4) == inversion.evenly_spread(labels.clone(), 4)  # deterministic
+    assert sorted(inversion.evenly_spread(labels, 20)) == list(range(8))  # more than there are: all of them
+
+
+def test_inversion_batch_equals_one_image_at_a_time(model):
+    """Every (image, layer) is an independent item: the batch of three images gives what three single-image
+    runs give (item seeds and noise depend on the image's position, so run k alone with seed + k)."""
+    regime = regime_for("inversion", model, iterations=6, lr=4.0, tv=1e-9, jitter=2)
+    images = torch.rand(3, 3, 64, 64) * 255
+    weights = [1e-9, 4e-9]
+    batched, errors = inversion.invert(model, images, [0, 1], regime, seed=5, init_std=10.0, tv_weights=weights)
+    for k in range(3):
+        single, single_errors = inversion.invert(model, images[k], [0, 1], regime, seed=5 + k, init_std=10.0,
+                                                 tv_weights=weights)
+        assert torch.allclose(batched.images[2 * k:2 * k + 2], single.images, atol=1e-3)
+        assert errors[2 * k:2 * k + 2] == pytest.approx(single_errors, rel=1e-3, abs=1e-6)
+
+
+def test_inversion_layer_strides_scale_the_tv_prior(model):
+    strides = inversion.layer_strides(model, list(range(len(model.layer_names))), 64)
+    assert strides[0] == 1 and strides == sorted(strides)  # coarser with depth, flat layers as the coarsest
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
+    regime = regime_for("inversion", model, iterations=3, lr=4.0, tv=1e-9)
+    weighted, _ = inversion.invert(model, image, [0, 1], regime, seed=0, init_std=10.0, tv_weights=[1e-9, 1e-9])
+    uniform, _ = inversion.invert(model, image, [0, 1], regime, seed=0, init_std=10.0)  # the regime's own tv
+    assert torch.allclose(weighted.images, uniform.images, atol=1e-4)
 
 
 def test_inversion_lowers_the_feature_error(model):
@@ -163,6 +234,8 @@ def test_inversion_lowers_the_feature_error(model):
     ("inversion.image=/nonexistent/cat.jpg", DataError, "no such file"),
     ("inversion.val_index=24", ConfigError, "out of range 0..23"),
     ("inversion.lr=-1", ConfigError, "must be > 0"),
+    ("inversion.images=0", ConfigError, "must be >= 1"),
+    ("inversion.tv_scaling=cubic", ConfigError, "unknown inversion.tv_scaling"),
 ])
 def test_inversion_bad_inputs(subject_files, tmp_path, override, error, message):
     with pytest.raises(error, match=message):

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+from omegaconf import OmegaConf
 from conftest import job_config
 
 from pipeline.explain import deepdream
@@ -20,7 +21,7 @@ def page(subject_files, tmp_path_factory):
     deepdream.run(job_config("deepdream", subject_files, out, "deepdream.iterations=2", "deepdream.octaves=1",
                              "deepdream.max_side=64", "deepdream.show_every=0"))
     path = report.run(job_config("report", subject_files, out, f"report.out={out}/report/index.html",
-                                 f"paths.plots={out}/plots"))
+                                 f"paths.plots={out}/plots", f"report.meaning_figure={out}/docs/meaning.png"))
     return path
 
 
@@ -31,6 +32,19 @@ def test_page_embeds_figures_metrics_and_links(page):
     assert text.count('src="data:image/png;base64,') == 3  # deepdream: comparison, input, dream
     assert "activation_norm_after" in text and "/#/experiments/" in text  # metrics table and the MLflow link
     assert "no figures yet in results/saliency/" in text  # jobs not run yet say so
+    assert "not measured yet (python benchmarks/meaning.py)" in text
+
+
+def test_standard_vs_robust_section_shows_the_benchmark(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "meaning.json").write_text('{"robust_cross_model_top1": 0.31, "pixel_cross_model_top1": 0.02}')
+    Image.new("RGB", (40, 20), "red").save(tmp_path / "meaning.png")
+    cfg = OmegaConf.create({"report": {"meaning": str(tmp_path / "metrics" / "meaning.json"),
+                                       "meaning_figure": str(tmp_path / "meaning.png")}})
+    section = report.robust_section(cfg)
+    assert "robust_cross_model_top1" in section and "0.31" in section and section.count("data:image/png") == 1
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

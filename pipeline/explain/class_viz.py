@@ -19,6 +19,7 @@ from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
+from pipeline.model.precision import probabilities
 from pipeline.explain.engine.objectives import ClassScore
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
 from pipeline.explain.engine.regime import Regime, from_config
@@ -70,6 +71,7 @@ def run(cfg: DictConfig) -> dict:
     subject = load_subject(cfg, c.device, c.precision)
     classes = target_classes(c.classes, subject)
     regime = from_config(c.regime, center=subject.model.mean_image.detach().cpu())  # fails before the run starts
+    judge = subject.judge(c.judge) if c.get("judge") else None
     with job_outputs(cfg, "class_viz", subject) as tmp:
         started = time.perf_counter()
         images = []
@@ -94,6 +96,16 @@ def run(cfg: DictConfig) -> dict:
             "shifted_top1_rate": float((p["shifted"].argmax(1) == target).float().mean()),
             "num_classes": len(classes), "seconds": seconds,
         }
+        if judge is not None:  # cross-model recognition: does an independent classifier see the class too?
+            judge, meta = judge
+            seen = probabilities(judge, saved, subject.precision)
+            metrics["cross_model_top1"] = float((seen.argmax(1) == target).float().mean())
+            metrics["cross_model_target_prob"] = float(seen.gather(1, target[:, None]).mean())
+            import mlflow
+
+            mlflow.set_tags({"judge": str(c.judge), "judge_weights_sha256": str(meta.get("state_dict_sha256"))})
+            log.info("an independent classifier (%s) sees the target class in %.1f%% of them", c.judge,
+                     100 * metrics["cross_model_top1"])
         (tmp / "classes").mkdir()
         for k, image in zip(classes, saved):
             figures.save_png(image, tmp / "classes" / f"{k:03d}_{subject.data.wnids[k]}.png")

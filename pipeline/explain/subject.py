@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from pipeline.model.checkpoint import pick_device
-from pipeline.model.sources import load_for_job, name
+from pipeline.model.sources import load_checkpoint, load_for_job, name
 from pipeline.data.cache import PreparedData, load_prepared
 from pipeline.data.images import image_name, read_image
 from pipeline.errors import ConfigError, DataError
@@ -85,6 +85,14 @@ class Subject:
         if source:
             return read_image(str(source), **dict(limits or {})), image_name(str(source))
         return self.val_image(val_index)
+
+    def judge(self, path: str) -> tuple[ImageClassifier, dict]:
+        """An independent classifier (any ``classifier.pt``) over the same classes, frozen next to the model:
+        whether *it* sees a class in a picture made for this model is a measure of the picture's meaning."""
+        model, meta = load_checkpoint(path, self.device)
+        if list(meta.get("wnids", [])) != list(self.data.wnids):
+            raise DataError(f"{path} was trained on other classes than {self.data.root}; it cannot judge these")
+        return frozen(model, self.device, self.precision), meta
 
     def label(self, index: int, probability: float | None = None) -> str:
         name = self.class_names[int(index)]

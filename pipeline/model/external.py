@@ -14,8 +14,8 @@ standard index -> wnid table (``imagenet1k_wnids.txt``: the 1000 sorted wnids, t
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
+import functools
 import logging
 import os
 import re
@@ -287,10 +287,14 @@ def _module_net(target: str, options: dict) -> nn.Module:
     return net
 
 
-def _cached(url: str, cache_dir: Path, sha256: str | None, progress: bool | None) -> tuple[Path, str]:
-    """``url`` fetched into ``cache_dir`` (re-used when already there and, if ``sha256`` is given, it matches)."""
-    base = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "weights.pt"
-    key = hashlib.sha256(redact(url).encode()).hexdigest()[:12]  # same file name from two places: two entries
+def fetch_cached(url: str, cache_dir: str | os.PathLike, *, sha256: str | None = None,
+                 progress: bool | None = None) -> tuple[Path, str]:
+    """(local copy, its sha256) of ``url`` in ``cache_dir``: one file per URL, named by a digest of the
+    URL with its credentials redacted (never the URL itself) and the URL's file name; re-used when
+    present and, if ``sha256`` is given, matching it. Delete the file to fetch again. Every fetched
+    model (``model.url``, ``model.weights``) goes through here."""
+    base = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "weights"
+    key = hashlib.sha256(redact(url).encode()).hexdigest()[:12]  # one file name from two places: two entries
     dest = Path(cache_dir) / f"{key}-{base}"
     if dest.is_file():
         digest = sha256_file(dest)
@@ -305,7 +309,7 @@ def _weights_file(spec: str, enum_member, cache_dir, sha256: str | None, progres
         raise ConfigError(f"model.sha256={sha256!r} is not 64 hexadecimal characters")
     if enum_member is not None:
         url = enum_member.url
-        path, digest = _cached(url, cache_dir, sha256, progress)
+        path, digest = fetch_cached(url, cache_dir, sha256=sha256, progress=progress)
         named = _HASH_IN_NAME.search(Path(urllib.parse.urlsplit(url).path).name)
         if named and not digest.startswith(named.group(1)):  # torch.hub's check: the name carries a sha256 prefix
             raise DataError(f"{path.name}: sha256 {digest[:12]}... does not match the {named.group(1)} in its name "
@@ -313,7 +317,7 @@ def _weights_file(spec: str, enum_member, cache_dir, sha256: str | None, progres
         return path, digest, f"{type(enum_member).__name__}.{enum_member.name}"
     scheme = urllib.parse.urlsplit(spec).scheme.lower()
     if scheme in ("http", "https", "file"):
-        path, digest = _cached(spec, cache_dir, sha256, progress)
+        path, digest = fetch_cached(spec, cache_dir, sha256=sha256, progress=progress)
         return path, digest, redact(spec)
     path = Path(spec).expanduser()
     if not path.is_file():

@@ -17,7 +17,6 @@ model=cs231n model.source=fetch`` explains the CS231n model, not whatever was tr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Mapping
 import torch
 
 from pipeline.data.cache import PreparedData
-from pipeline.data.fetch import fetch, sha256_file
 from pipeline.errors import ConfigError, DataError
 from pipeline.model.architectures import ImageClassifier, build_model
-from pipeline.model.external import build_external
+from pipeline.model.external import build_external, fetch_cached
 from pipeline.model.checkpoint import load_classifier, model_from_file, state_dict_sha256
 from pipeline.redaction import redact
 
@@ -79,14 +77,6 @@ def _file_name(url: str) -> str:
     return Path(str(url).split("?")[0].rstrip("/")).name or "weights"
 
 
-def fetched_path(model_cfg: Mapping, cache_dir: str | os.PathLike) -> Path:
-    """Where ``model.url`` is downloaded to, and found again by later jobs: one file per URL (named by a
-    digest of it, never the URL itself); delete it to fetch again."""
-    url = str(model_cfg["url"])
-    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"fetched_{digest}_{_file_name(url)}"
-
-
 def obtain(model_cfg: Mapping, data: PreparedData, *, cache_dir: str | os.PathLike,
            progress: bool | None = None) -> tuple[ImageClassifier, dict]:
     """Build the model a config names from its source (never reading ``paths.classifier``):
@@ -95,9 +85,7 @@ def obtain(model_cfg: Mapping, data: PreparedData, *, cache_dir: str | os.PathLi
     if source == "train":
         raise ConfigError("model.source=train: the model is trained by the train stage (dvc repro train)")
     if source == "fetch":
-        target, expected = fetched_path(model_cfg, cache_dir), model_cfg.get("sha256")
-        if not target.is_file() or (expected and sha256_file(target) != str(expected).lower()):
-            fetch(str(model_cfg["url"]), target, sha256=expected, progress=progress)  # else: the cached copy
+        target, _ = fetch_cached(str(model_cfg["url"]), cache_dir, sha256=model_cfg.get("sha256"), progress=progress)
         return model_from_file(target, model_cfg, data.mean_image, data.num_classes, data.wnids)
     model, meta = build_external(model_cfg, wnids=list(data.wnids), image_size=data.image_size,
                                  cache_dir=cache_dir, progress=progress)

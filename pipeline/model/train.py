@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.track import tracking
 from pipeline.model.checkpoint import architecture, pick_device, save_classifier
-from pipeline.model import sources
+from pipeline.model import adversarial, sources
 from pipeline.data.cache import PreparedData, Split, load_prepared
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_path, write_csv, write_json
@@ -69,6 +69,8 @@ def settings(cfg: DictConfig, device: torch.device) -> DictConfig:
     if not 0 <= s.ema.decay < 1 or int(s.ema.every) < 1:
         raise ConfigError(f"train.ema.decay must be in [0, 1) and train.ema.every >= 1, got {s.ema.decay}, "
                           f"{s.ema.every}")
+    if s.get("adversarial"):
+        adversarial.check_threat(s.adversarial)
     return s
 
 
@@ -243,6 +245,10 @@ def train_one_epoch(model: ImageClassifier, optimizer: torch.optim.Optimizer, em
                     device: torch.device) -> dict:
     """One pass over ``images`` in a seeded order at ``size`` px; returns the epoch's train figures."""
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    threat = s.get("adversarial")
+    if threat:  # its own random stream: the batches are the same as without the attack
+        starts = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 50_021)
+        radius = adversarial.radius_at(threat, size, images.shape[-1])
     order = torch.randperm(len(images), generator=generator)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
     model.train()
@@ -260,6 +266,12 @@ def train_one_epoch(model: ImageClassifier, optimizer: torch.optim.Optimizer, em
         lr = learning_rate(step, total_steps, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if threat:  # train on the adversarial images only (Madry et al. 2018)
+            x = adversarial.attack(model, x, target, norm=threat.norm, eps=radius, steps=int(threat.steps),
+                                   step_size=threat.step_size * radius / int(threat.steps), generator=starts,
+                                   loss=criterion, autocast=lambda: autocast(device, s.precision))
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, s.precision):
             scores = model(x)
             loss = criterion(scores.float(), target)
@@ -358,6 +370,23 @@ def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str
     return pairs, sorted(per_class, key=lambda r: r["accuracy"])
 
 
+def robustness(model: ImageClassifier, val: Split, threat: DictConfig, batch_size: int, device: torch.device,
+               progress) -> dict:
+    """PGD accuracy at the training radius on an evenly spread subset of val (every class alike)."""
+    count = min(int(threat.eval_images), len(val))
+    if count == 0:
+        return {}
+    pick = torch.linspace(0, len(val) - 1, count).round().long()
+    started = time.perf_counter()
+    accuracy = adversarial.robust_accuracy(model, val.images[pick], val.labels[pick], norm=threat.norm,
+                                           eps=float(threat.eps), steps=int(threat.eval_steps),
+                                           batch_size=batch_size, device=device, progress=progress)
+    log.info("PGD-%d accuracy at %s radius %g: %.4f on %d val images (%.0f s)", threat.eval_steps, threat.norm,
+             threat.eps, accuracy, count, time.perf_counter() - started)
+    return {"pgd_accuracy": accuracy, "pgd_eps": float(threat.eps), "pgd_steps": int(threat.eval_steps),
+            "pgd_images": count}
+
+
 # --------------------------------------------------------------------------- job
 
 
@@ -376,6 +405,8 @@ def run(cfg: DictConfig) -> dict:
     with tracking.start_run(cfg, "train", dataset_sha256=data.sha256, overrides=overrides()):
         mlflow.set_tags({"model": sources.name(cfg.model), "model_source": source, "device": str(device),
                          "arch": cfg.model.arch})
+        if s.get("adversarial") and source == "train":
+            mlflow.set_tag("adversarial", f"{s.adversarial.norm} eps {s.adversarial.eps:g}")
         started = time.perf_counter()
         if source == "train":
             model, history = train_model(cfg, data, device, s)
@@ -395,6 +426,8 @@ def run(cfg: DictConfig) -> dict:
                    "train_minutes": train_minutes,
                    "images_per_second": images_per_second if source == "train" else len(val) / eval_seconds,
                    "epochs": len(history), "num_parameters": sum(p.numel() for p in model.parameters())}
+        if s.get("adversarial"):
+            metrics.update(robustness(model, val, s.adversarial, s.eval_batch_size, device, cfg.progress))
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
         pairs, per_class = confusion_tables(scores, val.labels, data.class_names)
         reports = Path(cfg.paths.checkpoints) / "reports"

@@ -71,14 +71,15 @@ def metrics_table(metrics: dict) -> str:
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
 
 
-def comparison_table(rows: dict) -> str:
-    """{method: {metric: value}} as one table, a row per method (saliency's ``methods``)."""
+def comparison_table(rows: dict, key: str = "method") -> str:
+    """{method: {metric: value}} as one table, a row per method (saliency's ``methods``; features'
+    ``layers`` with ``key="layer"``)."""
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)  # wraps: the table fits
     body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
         f"<td>{row[c]:.4g}</td>" if isinstance(row.get(c), (int, float)) else "<td>-</td>" for c in columns) + "</tr>"
         for name, row in rows.items())
-    return f'<table class="methods"><tr><th>method</th>{head}</tr>{body}</table>'
+    return f'<table class="methods"><tr><th>{html.escape(key)}</th>{head}</tr>{body}</table>'
 
 
 def curve_svg(rows: list[dict], keys: tuple[str, ...] = ("train_accuracy", "val_accuracy"), width: int = 520,
@@ -156,6 +157,12 @@ def section(job: str, title: str, blurb: str, root: Path, cfg: DictConfig, run, 
                      "Spearman means the map changes when the model's weights are re-initialised, i.e. it depends "
                      "on what the model learned (Adebayo et al. 2018).</p>"
                      + comparison_table(metrics.pop("methods")))
+    if metrics and isinstance(metrics.get("layers"), dict):
+        parts.append("<p>Per layer, shallow to deep: activation ratio = a channel's activation on its picture / "
+                     "the largest activation any val image gives it (> 1: the picture drives the unit further "
+                     "than any natural image does).</p>" + comparison_table({  # metrics files sort their keys: back to model order
+                         name: {k: v for k, v in row.items() if k != "layer_index"} for name, row in sorted(
+                             metrics.pop("layers").items(), key=lambda kv: kv[1].get("layer_index", 0))}, key="layer"))
     parts.append(metrics_table(metrics) if metrics else '<p class="missing">no metrics yet (dvc repro ' + job + ")</p>")
     folder = root / job
     images = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -166,6 +173,24 @@ def section(job: str, title: str, blurb: str, root: Path, cfg: DictConfig, run, 
                      f"<figcaption>{html.escape(path.name)}</figcaption></figure>")
     if not images:
         parts.append(f'<p class="missing">no figures yet in results/{job}/</p>')
+    return "".join(parts)
+
+
+def robust_section(cfg: DictConfig) -> str:
+    """The standard and the robust classifier side by side (benchmarks/meaning.py writes both files)."""
+    parts = ['<h2 id="robust">Standard vs robust classifier</h2><p>The same jobs on the standard model and on '
+             "an adversarially trained one (train=robust). Cross-model top-1: how often the <em>other</em> model "
+             "sees the target class in a class visualization (chance 1%); deep PSNR: inversion from the deep "
+             "layer, mean over val images.</p>"]
+    metrics = read_json(Path(cfg.report.meaning))
+    figure = Path(cfg.report.meaning_figure)
+    if metrics:
+        parts.append(metrics_table(metrics))
+    if figure.is_file():
+        parts.append(f'<figure><img src="{data_uri(figure)}" alt="class visualizations, standard vs robust">'
+                     f"<figcaption>{html.escape(figure.name)}: the first ten classes of each</figcaption></figure>")
+    if not metrics and not figure.is_file():
+        parts.append('<p class="missing">not measured yet (python benchmarks/meaning.py)</p>')
     return "".join(parts)
 
 
@@ -181,7 +206,8 @@ def build(cfg: DictConfig) -> str:
             f'{" (uncommitted changes)" if dirty else ""}, dataset sha256 {html.escape(str(prepare.get("zip_sha256", "?"))[:16])}'
             f'{", MLflow store " + html.escape(redact(uri)) if uri else ""}</p>',
             "<nav>" + " · ".join(f'<a href="#{j}">{html.escape(t)}</a>' for j, t in
-                                 [("classifier", JOBS["train"].title), *((v.name, v.title) for v in VISUALIZATIONS)])
+                                 [("classifier", JOBS["train"].title), *((v.name, v.title) for v in VISUALIZATIONS),
+                                  ("robust", "Standard vs robust")])
             + "</nav>",
             f'<h2 id="classifier">{html.escape(JOBS["train"].title)}</h2>']
     if "train" in runs:
@@ -196,6 +222,7 @@ def build(cfg: DictConfig) -> str:
                         "(val: a fixed subset during training; the table: all 5,000 val images)</figcaption></figure>")
     for job in VISUALIZATIONS:
         body.append(section(job.name, job.title, job.blurb, root, cfg, runs.get(job.name), ui))
+    body.append(robust_section(cfg))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(cfg.report.title)}</title><style>{STYLE}</style>"
             f"<script>{CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>")

@@ -7,7 +7,9 @@ terms. Priors on the image (``L2``, ``TotalVariation``) read the image itself; m
 read what the model sees (the image after the input transforms). Every value is per image, so a
 batch is n independent problems and items can stop on their own; ``probe.index`` holds the batch
 positions of the still active images, so per-image data (targets, originals, target features) is
-looked up by it.
+looked up by it. The one exception is ``Diversity``, a term over the batch (see its docstring).
+Unit objectives (``Channel``, ``Neuron``, ``Direction``, ``Diversity``) are the feature
+visualization terms of Olah et al. 2017 (job ``features``).
 """
 
 from __future__ import annotations
@@ -191,6 +193,139 @@ class ActivationNorm(Objective):
 
     def __repr__(self) -> str:
         return f"ActivationNorm({self.layer!r})"
+
+
+# --------------------------------------------------------------------------- unit objectives
+# Olah, Mordvintsev & Schubert 2017, "Feature Visualization" (Distill), after Lucent's objectives.py:
+# what one unit of a layer detects is the image that maximises it. ``channel`` may be one int for the
+# whole batch or a per-image tensor (N,), looked up by ``probe.index``, so one batch renders many units.
+
+
+def _layer(probe: Probe, layer: int | str) -> torch.Tensor:
+    return next(iter(probe.features([layer]).values())).float()
+
+
+def _per_image(value, probe: Probe, dtype=torch.long) -> torch.Tensor:
+    """One value for all images, or the active images' entries of a per-image tensor (N, ...)."""
+    value = torch.as_tensor(value, dtype=dtype)
+    return value.expand(len(probe.index)) if value.dim() == 0 else value[probe.index.to(value.device)]
+
+
+def _check_channels(feats: torch.Tensor, channels: torch.Tensor, what: str) -> None:
+    if len(channels) and not (0 <= int(channels.min()) and int(channels.max()) < feats.shape[1]):
+        raise ConfigError(f"{what}: channel {int(channels.max())} out of range 0..{feats.shape[1] - 1}")
+
+
+class Channel(Objective):
+    """A channel's mean activation over all positions (Olah et al. 2017: "channel"; Lucent's
+    ``channel``); for a flat layer (N, C) the unit itself."""
+
+    name = "channel"
+
+    def __init__(self, layer: int | str, channel: int | torch.Tensor):
+        self.layer, self.channel = layer, channel
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        feats = _layer(probe, self.layer)
+        c = _per_image(self.channel, probe).to(feats.device)
+        _check_channels(feats, c, repr(self))
+        unit = feats[torch.arange(len(feats), device=feats.device), c]  # (n, H, W) or (n,)
+        value = unit.flatten(1).mean(1) if unit.dim() > 1 else unit
+        return Evaluation({self.name: value}, {"channel_activation": value.detach()})
+
+    def __repr__(self) -> str:
+        return f"Channel({self.layer!r})"
+
+
+class Neuron(Objective):
+    """One position of a channel, the centre ``(H // 2, W // 2)`` unless ``y``/``x`` say otherwise
+    (Olah et al. 2017: "neuron"): a unit with one receptive field, so the picture is local."""
+
+    name = "neuron"
+
+    def __init__(self, layer: int | str, channel: int | torch.Tensor, x: int | None = None, y: int | None = None):
+        self.layer, self.channel, self.x, self.y = layer, channel, x, y
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        feats = _layer(probe, self.layer)
+        if feats.dim() != 4:
+            raise ConfigError(f"{self!r}: layer {self.layer!r} has no positions (shape {tuple(feats.shape[1:])}); "
+                              "use Channel for a flat layer")
+        c = _per_image(self.channel, probe).to(feats.device)
+        _check_channels(feats, c, repr(self))
+        h, w = feats.shape[-2:]
+        y, x = h // 2 if self.y is None else int(self.y), w // 2 if self.x is None else int(self.x)
+        if not (0 <= y < h and 0 <= x < w):
+            raise ConfigError(f"{self!r}: position (y={y}, x={x}) outside the {h}x{w} map")
+        value = feats[torch.arange(len(feats), device=feats.device), c, y, x]
+        return Evaluation({self.name: value}, {"neuron_activation": value.detach()})
+
+    def __repr__(self) -> str:
+        return f"Neuron({self.layer!r})"
+
+
+class Direction(Objective):
+    """Activations along a direction ``vector`` of channel space (Olah et al. 2017: "direction";
+    Lucent's ``direction``), averaged over positions: the cosine between each position's activation
+    vector and ``vector`` (``cosine=True``, Lucent's choice: scale-free, in [-1, 1]) or their dot product.
+    ``vector``: (C,) for every image, or (N, C), one direction per image."""
+
+    name = "direction"
+
+    def __init__(self, layer: int | str, vector: torch.Tensor, cosine: bool = True):
+        self.layer, self.vector, self.cosine = layer, torch.as_tensor(vector, dtype=torch.float32), bool(cosine)
+        if self.vector.dim() not in (1, 2):
+            raise ConfigError(f"direction vector must be (C,) or (N, C), got shape {tuple(self.vector.shape)}")
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        feats = _layer(probe, self.layer)
+        v = self.vector if self.vector.dim() == 1 else self.vector[probe.index.to(self.vector.device)]
+        v = v.to(feats.device).expand(len(feats), -1)
+        if v.shape[1] != feats.shape[1]:
+            raise ConfigError(f"{self!r}: a direction of {v.shape[1]} channels for a layer of {feats.shape[1]}")
+        v = v.reshape(*v.shape, *[1] * (feats.dim() - 2))
+        along = torch.cosine_similarity(feats, v, dim=1, eps=1e-8) if self.cosine else (feats * v).sum(1)
+        value = along.flatten(1).mean(1) if along.dim() > 1 else along
+        return Evaluation({self.name: value})
+
+    def __repr__(self) -> str:
+        return f"Direction({self.layer!r}{'' if self.cosine else ', cosine=False'})"
+
+
+class Diversity(Objective):
+    """Lucent's ``diversity`` (Olah et al. 2017, "Diversity"): images that share a goal should differ in
+    style, measured by the Gram matrices G = F F^T of the layer's (C, positions) activations F.
+
+    A *batch* term: image i's value is minus the mean cosine similarity of its Gram matrix to those of
+    the other active images of its group (``groups``: a per-image label tensor (N,), indexed by
+    ``probe.index``; None = the whole batch is one group), in [-1, 0] for ReLU features. Its gradient
+    reaches every image of the group (each similarity appears in two images' values), so unlike the
+    other objectives an image's result depends on the others: an image alone in its group (one image,
+    or the others stopped) has value 0 and no gradient from this term. Lucid's total over the batch is
+    the sum of these values times (n - 1) / n."""
+
+    name = "diversity"
+
+    def __init__(self, layer: int | str, groups: torch.Tensor | None = None):
+        self.layer, self.groups = layer, groups
+
+    def evaluate(self, probe: Probe) -> Evaluation:
+        feats = _layer(probe, self.layer)
+        flat = feats.flatten(2) if feats.dim() > 2 else feats[..., None]  # (n, C, positions)
+        gram = (flat @ flat.transpose(1, 2)).flatten(1)
+        gram = gram / gram.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        similarity = gram @ gram.T  # (n, n) cosines
+        n = len(feats)
+        others = ~torch.eye(n, dtype=torch.bool, device=feats.device)
+        if self.groups is not None:
+            g = _per_image(self.groups, probe).to(feats.device)
+            others &= g[:, None] == g[None, :]
+        count = others.sum(1)
+        value = -(similarity * others).sum(1) / count.clamp_min(1)
+        return Evaluation({self.name: value}, {"gram_similarity": (-value).detach()})
+
+    def __repr__(self) -> str:
+        return f"Diversity({self.layer!r})"
 
 
 # --------------------------------------------------------------------------- image priors

@@ -1,0 +1,182 @@
+"""Do the pictures mean something? Cross-model recognition and inversion, standard vs robust classifier.
+
+A class visualization that reaches probability 1.00 on its own model may still be a texture only that
+model responds to. Its *meaning* is measured by an independent judge: the top-1 rate at which another
+classifier assigns the images their target class (chance: 1 / classes). The judges are the two
+models of this benchmark, each for the other: the robust model judges the standard model's images,
+the standard model judges the robust model's. Every figure comes from the pipeline's own jobs with
+their default configs (``python -m pipeline.class_viz``, ``pipeline.inversion``), run here with
+``class_viz.judge`` and logged to MLflow like any run (tag ``benchmark=meaning``):
+
+- ``pixel_cross_model_top1`` / ``fourier_cross_model_top1``: the standard model's class_viz images in
+  pixel space (the default) and with ``class_viz=fourier`` (Fourier basis, decorrelated colour,
+  random transforms), same iterations, judged by the robust model; ``fourier_seconds_per_iteration_ratio``
+  is the ratio of those two runs' times (same batch, same iterations);
+- ``robust_cross_model_top1``: the robust model's class_viz images (default config) judged by the
+  standard model; ``robust_val_accuracy`` / ``robust_pgd_accuracy``: its clean val top-1 and PGD-20
+  top-1 at the training radius (from its train run);
+- ``standard_deep_psnr`` / ``robust_deep_psnr``: the inversion job's mean PSNR at the deep layer (the
+  counterpart of the reference's layer 6) over ``--images`` val images spread over the classes, its
+  default settings otherwise, on each model.
+
+The robust model is trained first when ``--robust`` does not exist (``python -m pipeline.train
+experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
+
+    python benchmarks/meaning.py [--robust checkpoints/robust/classifier.pt] [--classes all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from PIL import Image  # noqa: E402
+
+from pipeline.data.cache import load_prepared  # noqa: E402
+from pipeline.files import atomic_path, write_json  # noqa: E402
+from pipeline.job import compose_config  # noqa: E402
+from pipeline.registry import JOBS  # noqa: E402
+from pipeline.track import figures  # noqa: E402
+
+
+def train_robust(path: Path) -> None:
+    """The robust classifier, trained by the pipeline's own train job next to ``path``."""
+    home = path.parent
+    command = [sys.executable, "-m", "pipeline.train", "experiment=robust", f"paths.classifier={path}",
+               f"paths.metrics={home}/metrics", f"paths.plots={home}/plots", f"paths.checkpoints={home}"]
+    print("training the robust classifier:", " ".join(command), flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
+
+
+REUSE = False  # --reuse: a run whose metrics are already under --out is not run again
+
+
+def run_job(name: str, out: Path, *overrides: str) -> dict:
+    """The job ``name`` as ``python -m pipeline.<name> overrides`` would run it, writing under ``out``."""
+    done = out / "metrics" / f"{name}.json"
+    if REUSE and done.is_file():
+        print(f"  {name} {' '.join(overrides)}: reusing {done}", flush=True)
+        return json.loads(done.read_text())
+    cfg = compose_config(JOBS[name].config, [f"paths.results={out}/results", f"paths.metrics={out}/metrics",
+                                             f"paths.plots={out}/plots", "+tracking.tags.benchmark=meaning",
+                                             "progress=false", *overrides])
+    started = time.perf_counter()
+    metrics = importlib.import_module(JOBS[name].module).run(cfg)
+    print(f"  {name} {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
+    return metrics
+
+
+def side_by_side(runs: dict[str, Path], path: Path, names: list[str], classes: int = 10) -> None:
+    """One figure: the first ``classes`` class visualizations of each run, a row per run."""
+    rows = []
+    for title, folder in runs.items():
+        files = sorted((folder / "results" / "class_viz" / "classes").glob("*.png"))[:classes]
+        rows.append(figures.grid([Image.open(f).convert("RGB") for f in files],
+                                 [names[int(f.stem.split("_", 1)[0])] for f in files], columns=classes, scale=2))
+    font = figures.load_font(14)
+    width = max(r.width for r in rows)
+    canvas = Image.new("RGB", (width, sum(r.height + 20 for r in rows)), "white")
+    from PIL import ImageDraw
+
+    draw, y = ImageDraw.Draw(canvas), 0
+    for (title, _), row in zip(runs.items(), rows):
+        draw.text((6, y + 2), title, fill="black", font=font)
+        canvas.paste(row, (0, y + 20))
+        y += row.height + 20
+    with atomic_path(path) as tmp:  # 256 colours, as the README gallery: a small committed file
+        canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            tmp, format="PNG", optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--robust", type=Path, default=REPO / "checkpoints" / "robust" / "classifier.pt")
+    parser.add_argument("--standard", type=Path, default=REPO / "models" / "classifier.pt")
+    parser.add_argument("--classes", default="all", help="class_viz.classes (all = the dataset's 100)")
+    parser.add_argument("--out", type=Path, default=REPO / "checkpoints" / "meaning")
+    parser.add_argument("--metrics", type=Path, default=REPO / "metrics" / "meaning.json")
+    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "meaning.png")
+    parser.add_argument("--images", type=int, default=16, help="val images inverted (spread over the classes)")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same code only)")
+    parser.add_argument("--only", choices=["class_viz"], help="stop after the class visualizations (no metrics file)")
+    args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
+    robust, standard = args.robust.resolve(), args.standard.resolve()
+    if not standard.is_file():
+        sys.exit(f"{standard}: no standard classifier (run dvc repro train first)")
+    if not robust.is_file():
+        train_robust(robust)
+    robust_train = json.loads((robust.parent / "metrics" / "train.json").read_text())
+
+    on_standard = (f"paths.classifier={standard}",)
+    on_robust = (f"paths.classifier={robust}", "experiment=robust")
+    classes = f"class_viz.classes={args.classes}"
+    print("class visualizations, each judged by the other model:", flush=True)
+    pixel = run_job("class_viz", args.out / "pixel", *on_standard, classes, f"class_viz.judge={robust}")
+    fourier = run_job("class_viz", args.out / "fourier", *on_standard, classes, "class_viz=fourier",
+                      f"class_viz.judge={robust}")
+    robust_viz = run_job("class_viz", args.out / "robust", *on_robust, classes, f"class_viz.judge={standard}")
+    robust_fourier = run_job("class_viz", args.out / "robust_fourier", *on_robust, classes, "class_viz=fourier",
+                             f"class_viz.judge={standard}")
+    if args.only == "class_viz":
+        return
+    print("inversion on each model:", flush=True)
+    inversion = ("inversion.val_index=null", f"inversion.images={args.images}", "inversion.layers=[0]")  # + shallow and deep: always
+    inv_standard = run_job("inversion", args.out / "inversion_standard", *on_standard, *inversion)
+    inv_robust = run_job("inversion", args.out / "inversion_robust", *on_robust, *inversion)
+
+    result = {
+        "pixel_cross_model_top1": pixel["cross_model_top1"],
+        "fourier_cross_model_top1": fourier["cross_model_top1"],
+        "robust_cross_model_top1": robust_viz["cross_model_top1"],
+        "robust_fourier_cross_model_top1": robust_fourier["cross_model_top1"],
+        "pixel_mean_target_prob": pixel["mean_target_prob"],
+        "fourier_mean_target_prob": fourier["mean_target_prob"],
+        "robust_mean_target_prob": robust_viz["mean_target_prob"],
+        "fourier_seconds_per_iteration_ratio": fourier["seconds"] / pixel["seconds"],
+        "robust_val_accuracy": robust_train["val_accuracy"],
+        "robust_pgd_accuracy": robust_train["pgd_accuracy"],
+        "robust_pgd_eps": robust_train["pgd_eps"],
+        "robust_train_minutes": robust_train["train_minutes"],
+        "standard_deep_psnr": inv_standard["deep_psnr"],
+        "robust_deep_psnr": inv_robust["deep_psnr"],
+        "standard_shallow_psnr": inv_standard["shallow_psnr"],
+        "robust_shallow_psnr": inv_robust["shallow_psnr"],
+        "num_classes": pixel["num_classes"],
+        "num_images": inv_standard["num_images"],
+    }
+    write_json(args.metrics, result)
+    names = load_prepared(compose_config("config").paths.prepared).class_names
+    side_by_side({"standard model, pixel space (default)": args.out / "pixel",
+                            "standard model, class_viz=fourier": args.out / "fourier",
+                            "robust model, pixel space (default)": args.out / "robust",
+                            "robust model, class_viz=fourier": args.out / "robust_fourier"}, args.figure, names)
+    chance = 1 / result["num_classes"]
+    print(f"\ncross-model top-1 (chance {chance:.3f}), {result['num_classes']} classes:")
+    print(f"  standard, pixel   {result['pixel_cross_model_top1']:.3f}   (target probability on its own model "
+          f"{result['pixel_mean_target_prob']:.4f})")
+    print(f"  standard, fourier {result['fourier_cross_model_top1']:.3f} = "
+          f"{result['fourier_cross_model_top1'] / max(result['pixel_cross_model_top1'], 1e-9):.1f}x pixel (target >= 3x),"
+          f" target probability {result['fourier_mean_target_prob']:.4f} (target >= 0.99), "
+          f"{result['fourier_seconds_per_iteration_ratio']:.2f}x the time per iteration (target <= 1.3)")
+    print(f"  robust, pixel     {result['robust_cross_model_top1']:.3f} (target >= 0.20); fourier "
+          f"{result['robust_fourier_cross_model_top1']:.3f}")
+    print(f"robust model: clean val top-1 {result['robust_val_accuracy']:.4f} (target >= 0.45), PGD-20 top-1 "
+          f"{result['robust_pgd_accuracy']:.4f} at L2 {result['robust_pgd_eps']:g} (pixel units), trained in "
+          f"{result['robust_train_minutes']:.1f} min")
+    print(f"deep-layer inversion PSNR: standard {result['standard_deep_psnr']:.2f} dB, robust "
+          f"{result['robust_deep_psnr']:.2f} dB (target: +3 dB)")
+    print(f"wrote {args.metrics} and {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

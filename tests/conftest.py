@@ -27,6 +27,17 @@ def _no_env_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A job run with train.threads=1 sets torch's thread count for the whole process; later tests (and the
+    session fixtures they build) must not depend on which test ran first."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def synthetic_zip(tmp_path):
     path = tmp_path / "tiny-imagenet-100-A.zip"

@@ -173,10 +173,10 @@ def test_inversion_job_by_depth(subject_files, tmp_path):
 
 
 def test_inversion_job_over_val_images(subject_files, tmp_path):
-    """The default: several val images spread over the classes, every (image, layer) in one batch;
+    """val_index=null: several val images spread over the classes, every (image, layer) in one batch;
     per-layer means and minima, and the headline keys."""
     metrics = inversion.run(job_config("inversion", subject_files, tmp_path, "inversion.iterations=4",
-                                       "inversion.images=3", "inversion.layers=[1]"))
+                                       "inversion.val_index=null", "inversion.images=3", "inversion.layers=[1]"))
     layers = ["stem", "stage1.block1"] + [k[len("psnr_min_"):] for k in metrics if k.startswith("psnr_min_")][2:]
     assert metrics["num_images"] == 3
     assert {"shallow_psnr_mean", "shallow_psnr_min", "stem_psnr_mean", "stem_psnr_min", "shallow_psnr", "deep_psnr",
@@ -234,12 +234,12 @@ def test_inversion_lowers_the_feature_error(model):
     ("inversion.image=/nonexistent/cat.jpg", DataError, "no such file"),
     ("inversion.val_index=24", ConfigError, "out of range 0..23"),
     ("inversion.lr=-1", ConfigError, "must be > 0"),
-    ("inversion.images=0", ConfigError, "must be >= 1"),
+    ("inversion.images=0 inversion.val_index=null", ConfigError, "must be >= 1"),
     ("inversion.tv_scaling=cubic", ConfigError, "unknown inversion.tv_scaling"),
 ])
 def test_inversion_bad_inputs(subject_files, tmp_path, override, error, message):
     with pytest.raises(error, match=message):
-        inversion.run(job_config("inversion", subject_files, tmp_path, override))
+        inversion.run(job_config("inversion", subject_files, tmp_path, *override.split()))
     assert not (tmp_path / "results").exists() and not (tmp_path / "metrics").exists()
 
 

@@ -27,12 +27,12 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.explain.class_viz import initial_images, shifted, visualize_classes  # noqa: E402
+from pipeline.explain.class_viz import shifted, visualize_classes  # noqa: E402
 from pipeline.explain.deepdream import activation_norm, dream, dream_layer  # noqa: E402
 from pipeline.data.images import fit_max_side  # noqa: E402
 from pipeline.explain.inversion import invert, layer_list, named_layer, psnr  # noqa: E402
 from pipeline.explain.engine.regime import from_config  # noqa: E402
-from pipeline.explain.engine.render import item_seeds  # noqa: E402
+from pipeline.explain.engine.render import initial_images, item_seeds  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
 from pipeline.registry import JOBS  # noqa: E402
 from pipeline.explain.subject import load_subject  # noqa: E402

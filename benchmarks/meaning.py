@@ -28,6 +28,7 @@ experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` a
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import subprocess
@@ -56,13 +57,11 @@ def train_robust(path: Path) -> None:
     subprocess.run(command, cwd=REPO, check=True)
 
 
-REUSE = False  # --reuse: a run whose metrics are already under --out is not run again
-
-
-def run_job(name: str, out: Path, *overrides: str) -> dict:
-    """The job ``name`` as ``python -m pipeline.<name> overrides`` would run it, writing under ``out``."""
+def run_job(name: str, out: Path, *overrides: str, reuse: bool = False) -> dict:
+    """The job ``name`` as ``python -m pipeline.<name> overrides`` would run it, writing under ``out``
+    (``reuse``: a run whose metrics are already there is not run again)."""
     done = out / "metrics" / f"{name}.json"
-    if REUSE and done.is_file():
+    if reuse and done.is_file():
         print(f"  {name} {' '.join(overrides)}: reusing {done}", flush=True)
         return json.loads(done.read_text())
     cfg = compose_config(JOBS[name].config, [f"paths.results={out}/results", f"paths.metrics={out}/metrics",
@@ -108,8 +107,6 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same code only)")
     parser.add_argument("--only", choices=["class_viz"], help="stop after the class visualizations (no metrics file)")
     args = parser.parse_args()
-    global REUSE
-    REUSE = args.reuse
     robust, standard = args.robust.resolve(), args.standard.resolve()
     if not standard.is_file():
         sys.exit(f"{standard}: no standard classifier (run dvc repro train first)")
@@ -120,19 +117,20 @@ def main() -> None:
     on_standard = (f"paths.classifier={standard}",)
     on_robust = (f"paths.classifier={robust}", "experiment=robust")
     classes = f"class_viz.classes={args.classes}"
+    job = functools.partial(run_job, reuse=args.reuse)
     print("class visualizations, each judged by the other model:", flush=True)
-    pixel = run_job("class_viz", args.out / "pixel", *on_standard, classes, f"class_viz.judge={robust}")
-    fourier = run_job("class_viz", args.out / "fourier", *on_standard, classes, "class_viz=fourier",
-                      f"class_viz.judge={robust}")
-    robust_viz = run_job("class_viz", args.out / "robust", *on_robust, classes, f"class_viz.judge={standard}")
-    robust_fourier = run_job("class_viz", args.out / "robust_fourier", *on_robust, classes, "class_viz=fourier",
-                             f"class_viz.judge={standard}")
+    pixel = job("class_viz", args.out / "pixel", *on_standard, classes, f"class_viz.judge={robust}")
+    fourier = job("class_viz", args.out / "fourier", *on_standard, classes, "class_viz=fourier",
+                  f"class_viz.judge={robust}")
+    robust_viz = job("class_viz", args.out / "robust", *on_robust, classes, f"class_viz.judge={standard}")
+    robust_fourier = job("class_viz", args.out / "robust_fourier", *on_robust, classes, "class_viz=fourier",
+                         f"class_viz.judge={standard}")
     if args.only == "class_viz":
         return
     print("inversion on each model:", flush=True)
     inversion = ("inversion.val_index=null", f"inversion.images={args.images}", "inversion.layers=[0]")  # + shallow and deep: always
-    inv_standard = run_job("inversion", args.out / "inversion_standard", *on_standard, *inversion)
-    inv_robust = run_job("inversion", args.out / "inversion_robust", *on_robust, *inversion)
+    inv_standard = job("inversion", args.out / "inversion_standard", *on_standard, *inversion)
+    inv_robust = job("inversion", args.out / "inversion_robust", *on_robust, *inversion)
 
     result = {
         "pixel_cross_model_top1": pixel["cross_model_top1"],

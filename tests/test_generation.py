@@ -17,6 +17,7 @@ from pipeline.job import compose_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.data.images import center_square, fit_max_side, read_image
 from pipeline.model.architectures import UnknownLayerError, build_model, reference_layer
+from pipeline.data.selection import spread_over_classes
 from pipeline.model.checkpoint import save_classifier
 from pipeline.model.precision import frozen
 
@@ -193,9 +194,9 @@ def test_inversion_job_over_val_images(subject_files, tmp_path):
 
 def test_inversion_picks_val_images_evenly_over_classes():
     labels = torch.tensor([2, 0, 1, 0, 2, 1, 3, 3])  # sorted by (label, index): 1 3 | 2 5 | 0 4 | 6 7
-    assert inversion.evenly_spread(labels, 4) == [1, 2, 0, 6]
-    assert inversion.evenly_spread(labels, 4) == inversion.evenly_spread(labels.clone(), 4)  # deterministic
-    assert sorted(inversion.evenly_spread(labels, 20)) == list(range(8))  # more than there are: all of them
+    assert spread_over_classes(labels, 4) == [1, 2, 0, 6]
+    assert spread_over_classes(labels, 4) == spread_over_classes(labels.clone(), 4)  # deterministic
+    assert sorted(spread_over_classes(labels, 20)) == list(range(8))  # more than there are: all of them
 
 
 def test_inversion_batch_equals_one_image_at_a_time(model):

@@ -109,6 +109,16 @@ def test_priors_and_the_algebra():
         build(iterations=1, step="adam", lr=1.0, l2=-1.0)
 
 
+def test_per_item_weights_follow_the_batch_positions():
+    x = pixels(3)
+    weights = torch.tensor([1.0, 2.0, 4.0])
+    weighted = L2() - TotalVariation() * weights  # e.g. a prior whose strength depends on an item's layer
+    expected = value(L2(), x, torch.arange(3)) - weights * value(TotalVariation(), x, torch.arange(3))
+    assert torch.allclose(value(weighted, x, torch.arange(3)), expected)
+    assert torch.allclose(value(weighted, x[1:], torch.tensor([1, 2])), expected[1:])  # looked up by index
+    assert "per-item" in repr(weighted)
+
+
 # --------------------------------------------------------------------------- engine
 
 

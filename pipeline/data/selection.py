@@ -68,3 +68,13 @@ def select_images(spec: Mapping, data: PreparedData, *, seed: int,
     if int(n) > len(pool):
         raise ConfigError(f"asked for {n} {what}, but there are only {len(pool)}")
     return pool[torch.randperm(len(pool), generator=generator)[: int(n)]].sort().values
+
+
+def spread_over_classes(labels: torch.Tensor, n: int) -> list[int]:
+    """``n`` indices spread evenly over the classes: the images ordered by (label, index), every len/n-th
+    of them (deterministic; 16 of TinyImageNet-100-A's 5,000 val images: one of every 6th class; 1,000:
+    10 of every class). All of them when ``n`` is larger."""
+    labels = [int(label) for label in labels.tolist()]
+    order = sorted(range(len(labels)), key=lambda i: (labels[i], i))
+    n = min(int(n), len(order))
+    return [order[k * len(order) // n] for k in range(n)]

@@ -23,7 +23,7 @@ from pipeline.model.precision import probabilities
 from pipeline.explain.engine.objectives import ClassScore
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
 from pipeline.explain.engine.regime import Regime, from_config
-from pipeline.explain.engine.render import Result, StepLog, item_seeds, optimize
+from pipeline.explain.engine.render import Result, StepLog, initial_images, item_seeds, optimize
 from pipeline.explain.subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,6 @@ def target_classes(spec, subject: Subject) -> list[int]:
     if not items:
         raise ConfigError("class_viz.classes is empty")
     return [subject.data.class_index(c) for c in items]
-
-
-def initial_images(mean_image: torch.Tensor, seeds: list[int], std: float) -> torch.Tensor:
-    """Mean image + noise, one image per seed (an item's own seed: the same start in any batch)."""
-    if std < 0:
-        raise ConfigError(f"init_std must be >= 0, got {std}")
-    noise = [torch.randn(mean_image.shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return (mean_image + std * torch.stack(noise)).clamp(0, 255)
 
 
 def visualize_classes(model: ImageClassifier, classes: list[int], regime: Regime, *, seed: int, init_std: float,
@@ -97,8 +89,8 @@ def run(cfg: DictConfig) -> dict:
             "num_classes": len(classes), "seconds": seconds,
         }
         if judge is not None:  # cross-model recognition: does an independent classifier see the class too?
-            judge, meta = judge
-            seen = probabilities(judge, saved, subject.precision)
+            judge_model, meta = judge
+            seen = probabilities(judge_model, saved, subject.precision)
             metrics["cross_model_top1"] = float((seen.argmax(1) == target).float().mean())
             metrics["cross_model_target_prob"] = float(seen.gather(1, target[:, None]).mean())
             import mlflow

@@ -29,10 +29,11 @@ from typing import Iterator
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from pipeline.data.selection import spread_over_classes
 from pipeline.errors import ConfigError
 from pipeline.explain.engine.objectives import Channel, Diversity, Neuron, Objective
 from pipeline.explain.engine.regime import Regime, from_config
-from pipeline.explain.engine.render import Result, StepLog, item_seeds, optimize
+from pipeline.explain.engine.render import Result, StepLog, initial_images, item_seeds, optimize
 from pipeline.explain.subject import load_subject
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
@@ -114,14 +115,6 @@ def unit_objective(unit: str, layer: int, channels: torch.Tensor) -> Objective:
     raise ConfigError(f"unknown features.unit {unit!r}; choose one of {', '.join(UNITS)}")
 
 
-def initial_images(mean_image: torch.Tensor, seeds: list[int], std: float) -> torch.Tensor:
-    """Mean image + noise, one image per seed (an item's own seed: the same start in any batch)."""
-    if std < 0:
-        raise ConfigError(f"init_std must be >= 0, got {std}")
-    noise = [torch.randn(mean_image.shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return (mean_image + std * torch.stack(noise)).clamp(0, 255)
-
-
 class _RedirectedReLU(torch.autograd.Function):
     """ReLU whose backward, for an image that gets no gradient through it at all (every unit it feeds
     is off), passes the gradient on except where it would push an already negative input lower
@@ -192,7 +185,8 @@ def run(cfg: DictConfig) -> dict:
     subject = load_subject(cfg, c.device, c.precision)
     model = subject.model
     regime = from_config(c.regime, center=model.mean_image.detach().cpu())  # fails before the run starts
-    val = subject.data.split("val").images
+    val_split = subject.data.split("val")
+    val = val_split.images
     size = tuple(val.shape[-2:])
     layers = choose_layers(c.layers, model, size)
     if c.unit == "neuron":
@@ -200,7 +194,7 @@ def run(cfg: DictConfig) -> dict:
         if flat:
             raise ConfigError(f"features.unit=neuron needs spatial layers; {', '.join(flat)} are flat")
     k = len(val) if int(c.val_images) <= 0 else min(int(c.val_images), len(val))
-    picked = torch.linspace(0, len(val) - 1, k).round().long() if k else torch.zeros(0, dtype=torch.long)
+    picked = torch.tensor(spread_over_classes(val_split.labels, k), dtype=torch.long)
     with job_outputs(cfg, "features", subject,
                      tags={"layers": ",".join(model.layer_names[i] for i in layers)}) as tmp:
         started = time.perf_counter()

@@ -24,9 +24,10 @@ from pipeline.track import figures, tracking
 from pipeline.errors import ConfigError
 from pipeline.files import write_csv
 from pipeline.data.images import center_square
+from pipeline.data.selection import spread_over_classes
 from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier, reference_layer
-from pipeline.explain.engine.objectives import Evaluation, FeatureMatch, Objective, Probe, TotalVariation
+from pipeline.explain.engine.objectives import FeatureMatch, Probe, TotalVariation
 from pipeline.explain.engine.regime import Regime, from_config
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
 from pipeline.explain.engine.render import Result, StepLog, item_seeds, optimize
@@ -58,14 +59,6 @@ LOSSES = ("normalized", "raw")
 TV_SCALINGS = ("none", "stride2")
 
 
-def evenly_spread(labels: torch.Tensor, n: int) -> list[int]:
-    """``n`` val indices spread evenly over the classes: the val set ordered by (label, index), every
-    len/n-th of it (deterministic; with 16 of TinyImageNet-100-A's 5,000: one image of every 6th class)."""
-    order = sorted(range(len(labels)), key=lambda i: (int(labels[i]), i))
-    n = min(int(n), len(order))
-    return [order[k * len(order) // n] for k in range(n)]
-
-
 def layer_strides(model: ImageClassifier, layers: list[int], size: int) -> list[float]:
     """Input pixels per feature position along a side: 1 for a full-resolution layer, 4 for one at 1/4
     size; flat layers (pool, fc) count as the coarsest spatial layer."""
@@ -73,22 +66,6 @@ def layer_strides(model: ImageClassifier, layers: list[int], size: int) -> list[
     spatial = [size / shapes[i][-1] for i in shapes if len(shapes[i]) == 3]
     coarsest = max(spatial) if spatial else float(size)
     return [size / shapes[i][-1] if len(shapes[i]) == 3 else coarsest for i in layers]
-
-
-class WeightedTV(Objective):
-    """Total variation with one weight per batch item (a per-layer prior in a mixed-layer batch)."""
-
-    name = "tv"
-
-    def __init__(self, weights: torch.Tensor):
-        self.weights = torch.as_tensor(weights, dtype=torch.float32)
-
-    def evaluate(self, probe: Probe) -> Evaluation:
-        tv = TotalVariation().evaluate(probe).terms["tv"]
-        return Evaluation({self.name: tv * self.weights[probe.index.cpu()].to(tv)})
-
-    def __repr__(self) -> str:
-        return "WeightedTV()"
 
 
 def invert(model: ImageClassifier, image: torch.Tensor, layers: list[int], regime: Regime, *, seed: int,
@@ -121,7 +98,8 @@ def invert(model: ImageClassifier, image: torch.Tensor, layers: list[int], regim
     if tv_weights is not None:
         objective = dataclasses.replace(regime, tv=0.0).objective(match)
         if any(tv_weights):
-            objective = objective - WeightedTV(torch.tensor([float(w) for _ in range(len(images)) for w in tv_weights]))
+            weights = torch.tensor([float(w) for _ in range(len(images)) for w in tv_weights])
+            objective = objective - TotalVariation() * weights  # one weight per item: its layer's
     else:
         objective = regime.objective(match)
     result = optimize(model, init.to(device), objective, regime, seeds=seeds, progress=progress,
@@ -148,7 +126,7 @@ def source_images(subject, c, limits) -> tuple[torch.Tensor, list[str], list[int
         if int(spec) < 1:
             raise ConfigError(f"inversion.images must be >= 1 (or a list of val indices), got {spec}")
         val = subject.data.split("val")
-        indices = evenly_spread(val.labels, int(spec))
+        indices = spread_over_classes(val.labels, int(spec))
         if len(indices) < int(spec):
             log.warning("inversion.images=%s but the val split has %d images: using all", spec, len(indices))
     if not indices:

@@ -60,7 +60,8 @@ class Probe:
 
 
 class Objective:
-    """Base class: ``evaluate(probe) -> Evaluation``, with +, -, scalar * and unary - ."""
+    """Base class: ``evaluate(probe) -> Evaluation``, with +, -, * (a number, or a tensor of per-item
+    weights: ``objective * weights``) and unary - ."""
 
     name = "objective"
 
@@ -73,7 +74,7 @@ class Objective:
     def __sub__(self, other: Objective) -> Objective:
         return Sum([self, -1.0 * other])
 
-    def __mul__(self, weight: float) -> Objective:
+    def __mul__(self, weight: float | torch.Tensor) -> Objective:
         return Scaled(self, weight)
 
     __rmul__ = __mul__
@@ -100,17 +101,25 @@ class Sum(Objective):
 
 
 class Scaled(Objective):
-    def __init__(self, part: Objective, weight: float):
+    """``weight * part``: one weight for every image, or a tensor of one weight per batch item, looked up
+    by ``probe.index`` like per-image targets (e.g. a prior whose strength depends on the item's layer)."""
+
+    def __init__(self, part: Objective, weight: float | torch.Tensor):
         if isinstance(part, Scaled):
             part, weight = part.part, part.weight * weight
-        self.part, self.weight = part, float(weight)
+        self.part = part
+        self.weight = weight.float() if isinstance(weight, torch.Tensor) else float(weight)
 
     def evaluate(self, probe: Probe) -> Evaluation:
         e = self.part.evaluate(probe)
-        return Evaluation({k: self.weight * v for k, v in e.terms.items()}, e.metrics)
+        weight = self.weight
+        if isinstance(weight, torch.Tensor):
+            weight = weight.to(probe.index.device)[probe.index]
+        return Evaluation({k: weight * v for k, v in e.terms.items()}, e.metrics)
 
     def __repr__(self) -> str:
-        return f"{self.weight:g} * {self.part!r}"
+        weight = "per-item" if isinstance(self.weight, torch.Tensor) else f"{self.weight:g}"
+        return f"{weight} * {self.part!r}"
 
 
 # --------------------------------------------------------------------------- model objectives

@@ -45,6 +45,14 @@ def item_seeds(seed: int, items: Sequence[int]) -> list[int]:
     return [int(seed) * SEED_STRIDE + int(k) for k in items]
 
 
+def initial_images(mean_image: torch.Tensor, seeds: list[int], std: float) -> torch.Tensor:
+    """Mean image + noise, one image per seed (an item's own seed: the same start in any batch)."""
+    if std < 0:
+        raise ConfigError(f"init_std must be >= 0, got {std}")
+    noise = [torch.randn(mean_image.shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return (mean_image + std * torch.stack(noise)).clamp(0, 255)
+
+
 class StepLog(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
 

@@ -27,7 +27,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from pipeline import archive, data, train  # noqa: E402
+from pipeline.data import archive  # noqa: E402
+from pipeline.data import cache as data  # noqa: E402
+from pipeline.model import train  # noqa: E402
 from pipeline.job import CONF_DIR  # noqa: E402
 from pipeline.model.architectures import build_model  # noqa: E402
 

@@ -50,6 +50,50 @@ def overrides() -> list[str]:
         return []
 
 
+PLUMBING = ("hydra.", "paths.", "tracking.", "progress")  # where things go, not what ran: left out of run names
+
+
+def run_name(cfg: DictConfig, job: str, label: str = "") -> str:
+    """What the MLflow runs table shows for a run: the job, the job's ``label`` (a training run: its model
+    and epochs) and the command-line overrides that change the job's defaults, e.g. ``saliency
+    method=gradcam`` (``experiment=default``, as ``dvc repro`` passes it, changes nothing and is left out)."""
+    return " ".join(part for part in (job, label, *changed_overrides(cfg, primary_config(job))) if part)
+
+
+def changed_overrides(cfg: DictConfig, config_name: str) -> list[str]:
+    """The current Hydra run's overrides whose value (or group choice) differs from the default."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+        plain = GlobalHydra.instance().config_loader().load_configuration(config_name, [], RunMode.RUN,
+                                                                          from_shell=False)
+    except Exception:  # an unusual override (a new group, a sweep syntax): name by all of them
+        return [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(PLUMBING)]
+    choices, default_choices = hydra_cfg.runtime.choices, plain.hydra.runtime.choices
+    defaults = job_defaults(config_name)
+    changed = []
+    for override, text in zip(parsed, hydra_cfg.overrides.task):
+        key = override.key_or_group
+        if key.startswith(PLUMBING):
+            continue
+        if key in choices:
+            same = choices.get(key) == default_choices.get(key)
+        else:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+            default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False) if defaults else None
+            same = value == default and not override.is_delete()
+        if not same:
+            changed.append(text)
+    return changed
+
+
 def compose_config(name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/<name>.yaml`` with ``overrides`` as a job would see it, without starting a Hydra app
     (benchmarks, tests, notebooks)."""

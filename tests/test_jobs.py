@@ -43,6 +43,10 @@ def test_download_then_prepare_records_everything(http_server, synthetic_zip, tm
     assert {"samples_per_class.png", "classes.json", "config.yaml"} <= {a.path for a in client.list_artifacts(
         prep.info.run_id)}
     assert prep.data.metrics["num_converted_grayscale"] == 3
+    (entry,) = client.get_run(prep.info.run_id).inputs.dataset_inputs  # the UI's Datasets panel
+    assert entry.dataset.name == "tiny-imagenet-100-A" and entry.dataset.digest == record["sha256"][:16]
+    assert json.loads(entry.dataset.profile)["num_train"] == 24 and entry.dataset.source_type == "http"
+    assert json.loads(entry.dataset.source)["url"] == f"{http_server.url}/tiny-imagenet-100-A.zip"
 
 
 def test_download_verifies_sha256(http_server, synthetic_zip, tmp_path):
@@ -102,8 +106,8 @@ def test_multirun_gives_one_mlflow_run_per_configuration(tmp_path):
         synthetic.make_zip(path, num_classes=2, train_per_class=1, val_per_class=1, num_test=1, seed=seed)
         zips.append(path)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.download", "-m", f"data.url={zips[0]},{zips[1]}",
-         f"paths.raw_zip={tmp_path}/raw/dataset.zip", f"paths.metrics={tmp_path}/metrics",
+        [sys.executable, "-m", "pipeline.download", "-m", f"data.url={zips[0]},{zips[1]}", "experiment=default",
+         "seed=0", "progress=false", f"paths.raw_zip={tmp_path}/raw/dataset.zip", f"paths.metrics={tmp_path}/metrics",
          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -117,4 +121,6 @@ def test_multirun_gives_one_mlflow_run_per_configuration(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
     assert sorted(r.data.params["data.url"] for r in runs) == sorted(str(z) for z in zips)
     assert sorted(r.data.tags["hydra_overrides"].split()[0] for r in runs) == sorted(f"data.url={z}" for z in zips)
+    # run names: the job and what differs from its defaults (not experiment=default, seed=0, paths, tracking)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"download data.url={z}" for z in zips)
     assert (tmp_path / "multirun" / "0").is_dir() and (tmp_path / "multirun" / "1").is_dir()

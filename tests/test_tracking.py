@@ -81,3 +81,25 @@ def test_credentials_in_urls_are_not_recorded(tmp_path, monkeypatch):
                          mlflow.artifacts.load_text(f"{got.info.artifact_uri}/config.yaml")])
     assert "s3cret" not in recorded and "pw2" not in recorded
     assert got.data.params["data.url"] == "https://mirror.example/tiny-imagenet-100-A.zip"
+
+
+def test_run_names_are_readable_and_unique(cfg, tmp_path):
+    names = []
+    for _ in range(3):
+        with tracking.start_run(cfg, "demo", name="demo lr=2") as run:
+            names.append(run.info.run_name)
+    with tracking.start_run(cfg, "demo") as run:
+        names.append(run.info.run_name)
+    assert names == ["demo lr=2", "demo lr=2 #2", "demo lr=2 #3", "demo"]
+
+
+def test_system_metrics_on_request(cfg, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    cfg.tracking.system_metrics = True
+    with tracking.start_run(cfg, "demo") as run:
+        time.sleep(1.5)
+    metrics = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run.info.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics

@@ -67,7 +67,25 @@ def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
     assert run.data.tags["model_source"] == "train"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion_top_pairs.csv", "per_class_accuracy.csv", "classifier.pt", "config.yaml"} <= artifacts
+    assert {"confusion_top_pairs.json", "per_class_accuracy.json", "config.yaml"} <= artifacts
+    table = mlflow.load_table("per_class_accuracy.json", run_ids=[run.info.run_id])
+    assert len(table) == 4 and set(table["class"]) == set(meta["class_names"])
+    # the MLflow model: logged, registered, tagged with the weights' digest the checkpoint carries
+    assert run.info.run_name == "train resnet 2 epochs"  # what ran; overrides given outside Hydra are not seen
+    version = client.get_model_version("tinyimagenet-classifier", run.data.tags["model_version"])
+    assert version.run_id == run.info.run_id and version.source == f"models:/{run.data.tags['model_id']}"
+    logged = client.get_logged_model(run.data.tags["model_id"])
+    assert logged.tags["weights_sha256"] == meta["state_dict_sha256"]
+    loaded = mlflow.pytorch.load_model(f"models:/tinyimagenet-classifier/{version.version}")
+    assert torch.equal(loaded(val.images[:2].float()), model(val.images[:2].float()))
+    # the dataset: name, the zip's digest, split sizes
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.dataset.name == "tiny-imagenet-100-A" and entry.dataset.digest == meta_digest(prepared)
+    assert json.loads(entry.dataset.profile)["num_val"] == 16
+
+
+def meta_digest(prepared) -> str:
+    return data.load_prepared(prepared).sha256[:16]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
@@ -148,6 +166,50 @@ def test_jobs_read_the_fetched_model_the_train_stage_wrote(prepared, tmp_path, h
         run = client.search_runs([client.get_experiment_by_name(job).experiment_id])[0]
         assert run.data.tags["experiment"] == "cs231n_2016"
         assert run.data.tags["model"] == "cs231n (pretrained_model.h5)"
+
+
+def saliency_cfg(prepared, out, *overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="saliency", overrides=[
+            f"paths.prepared={prepared}", f"paths.classifier={out}/models/classifier.pt",
+            f"paths.checkpoints={out}/checkpoints", f"paths.results={out}/results", f"paths.metrics={out}/metrics",
+            f"paths.plots={out}/plots", f"tracking.uri=sqlite:///{out}/mlflow.db", "progress=false",
+            "saliency.views.confident.min_confidence=0.0", "saliency.views.confident.n=2",
+            "saliency.evaluation.n=null", "saliency.methods=[gradient]", *overrides])
+
+
+def test_visualization_runs_link_the_model_version_and_dataset_they_used(prepared, tmp_path):
+    """The UI's Logged models / Registered models / Datasets panels: a visualization run records the
+    registered version of the model it explains, as an input beside the dataset; models:/ URIs are a
+    model source; run names say what ran and stay unique."""
+    train.run(job_cfg(prepared, tmp_path))
+    saliency.run(saliency_cfg(prepared, tmp_path))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    trained = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+    run = client.get_run(client.search_runs([client.get_experiment_by_name("saliency").experiment_id])[0].info.run_id)
+    assert run.info.run_name == "saliency"
+    assert run.data.tags["model_version"] == "1" and run.data.tags["model_uri"] == "models:/tinyimagenet-classifier/1"
+    original, reference = sorted((client.get_logged_model(m.model_id) for m in run.inputs.model_inputs),
+                                 key=lambda m: "reference_of" in m.tags)
+    assert original.model_id == trained.data.tags["model_id"]
+    # ... and this experiment's reference to it, which the UI's Logged models panel shows
+    assert reference.experiment_id == run.info.experiment_id and reference.tags["reference_of"] == original.model_id
+    assert reference.tags["model_uri"] == "models:/tinyimagenet-classifier/1"
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.dataset.digest == meta_digest(prepared) and entry.tags[0].value == "eval"
+
+    # the registered version as the model source of a job: the same weights, no checkpoint needed
+    (tmp_path / "models" / "classifier.pt").rename(tmp_path / "moved.pt")
+    saliency.run(saliency_cfg(prepared, tmp_path, "model.source=fetch", "model.url=models:/tinyimagenet-classifier/1"))
+    runs = client.search_runs([client.get_experiment_by_name("saliency").experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    assert runs[0].info.run_name == "saliency #2"  # outside Hydra no overrides are seen: numbered, not repeated
+    assert runs[0].data.tags["model_weights_sha256"] == run.data.tags["model_weights_sha256"]
+    assert runs[0].data.tags["model_version"] == "1" and runs[0].data.tags["model"] == "models:/tinyimagenet-classifier/1"
+    again = client.get_run(runs[0].info.run_id).inputs.model_inputs  # one reference per experiment, reused
+    assert sorted(m.model_id for m in again) == sorted([original.model_id, reference.model_id])
+    with pytest.raises(ConfigError, match="models:/tinyimagenet-classifier/7: not found in the MLflow store"):
+        saliency.run(saliency_cfg(prepared, tmp_path, "model.source=fetch", "model.url=models:/tinyimagenet-classifier/7"))
 
 
 def test_fetch_checks_sha256(prepared, tmp_path, http_server):

@@ -19,7 +19,7 @@ from pipeline.track import tracking
 from pipeline.errors import ConfigError, DataError
 from pipeline.data.fetch import fetch, is_sha256, sha256_file
 from pipeline.files import write_json
-from pipeline.job import hydra_job, overrides
+from pipeline.job import hydra_job, overrides, run_name
 from pipeline.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict:
 
     check_sha256(cfg.data.sha256)  # before an MLflow run exists
     dest = Path(cfg.paths.raw_zip)
-    with tracking.start_run(cfg, "download", overrides=overrides()):
+    with tracking.start_run(cfg, "download", overrides=overrides(), name=run_name(cfg, "download")):
         log.info("downloading %s -> %s", redact(cfg.data.url), dest)
         record = download_dataset(cfg.data, dest, progress=cfg.progress)
         mlflow.set_tag("dataset_sha256", record["sha256"])

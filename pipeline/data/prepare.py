@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 
 from pipeline.data import cache as data
 
-from pipeline.track import figures, tracking
+from pipeline.track import datasets, figures, tracking
 from pipeline.data.fetch import sha256_file
 from pipeline.files import write_json
-from pipeline.job import hydra_job, overrides
+from pipeline.job import hydra_job, overrides, run_name
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ def run(cfg: DictConfig) -> dict:
 
     zip_path = Path(cfg.paths.raw_zip)
     dataset_sha256 = sha256_file(zip_path) if zip_path.is_file() else None
-    with tracking.start_run(cfg, "prepare", dataset_sha256=dataset_sha256, overrides=overrides()):
+    with tracking.start_run(cfg, "prepare", dataset_sha256=dataset_sha256, overrides=overrides(),
+                            name=run_name(cfg, "prepare")):
         opts = cfg.data.prepare
         stats = data.prepare(zip_path, cfg.paths.prepared, image_size=cfg.data.image_size, workers=opts.workers,
                              max_total_bytes=opts.max_total_bytes, max_image_bytes=opts.max_image_bytes,
                              max_text_bytes=opts.max_text_bytes, progress=cfg.progress)
         prepared = data.load_prepared(cfg.paths.prepared)
+        datasets.log_dataset(cfg.data, prepared, context="prepare")
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if k != "zip_sha256"})
         mlflow.log_dict({"wnids": prepared.wnids, "class_names": prepared.class_names, "words": prepared.words},
                         "classes.json")

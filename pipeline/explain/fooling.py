@@ -26,6 +26,7 @@ from pipeline.job import hydra_job
 from pipeline.model.architectures import ImageClassifier
 from pipeline.explain.engine.objectives import L2, ClassScore
 from pipeline.track.outputs import job_outputs, save_figure, save_metrics
+from pipeline.track.tracking import log_rows
 from pipeline.explain.engine.regime import Regime
 from pipeline.explain.engine.render import Result, StepLog, optimize
 from pipeline.explain.engine.steps import step_rule
@@ -135,8 +136,6 @@ def summary_figure(subject: Subject, rows: list[dict]):
 
 
 def run(cfg: DictConfig) -> dict:
-    import mlflow
-
     f = cfg.fooling
     Regime(steps=f.max_iterations, step=step_rule(f.step, f.lr), precision=f.precision)  # bad settings fail first
     if int(f.batch_size) < 1:
@@ -201,12 +200,14 @@ def run(cfg: DictConfig) -> dict:
                  "saved_fools": bool(saved_fools[i]), "linf": float(linf[i])} for i in ok[: f.figure_examples]]
         if rows:
             save_figure(tmp, summary_figure(subject, rows), "summary", main=True)
-        write_csv(tmp / "results.csv", [
-            {"val_index": int(index[i]), "label": subject.data.wnids[int(labels[i])],
-             "target": subject.data.wnids[int(targets[i])], "fooled": int(success[i]), "png_fools": int(saved_fools[i]),
-             "iterations": int(iterations[i]), "l2": f"{float(l2[i]):.3f}", "linf": f"{float(linf[i]):.3f}"}
-            for i in range(len(images))])
-        mlflow.log_artifact(str(tmp / "results.csv"))
+        results = [{"val_index": int(index[i]), "label": subject.data.wnids[int(labels[i])],
+                    "target": subject.data.wnids[int(targets[i])], "fooled": int(success[i]),
+                    "png_fools": int(saved_fools[i]), "iterations": int(iterations[i]), "l2": f"{float(l2[i]):.3f}",
+                    "linf": f"{float(linf[i]):.3f}"} for i in range(len(images))]
+        write_csv(tmp / "results.csv", results)
+        log_rows([{**row, "label_name": subject.class_names[int(labels[i])],
+                   "target_name": subject.class_names[int(targets[i])], "l2": float(l2[i]), "linf": float(linf[i])}
+                  for i, row in enumerate(results)], "results.json")  # the UI's table view; results.csv stays the output
         write_csv(Path(cfg.paths.plots) / "fooling_iterations.csv", [  # DVC plot: iterations each image needed
             {"image": k, "iterations": int(iterations[i]), "linf": float(linf[i]), "fooled": int(success[i])}
             for k, i in enumerate(sorted(range(len(images)), key=lambda i: int(iterations[i])))])

@@ -25,11 +25,13 @@ from typing import Mapping
 import torch
 
 from pipeline.data.cache import PreparedData
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, one_line
 from pipeline.model.architectures import ImageClassifier, build_model
 from pipeline.model.external import build_external, fetch_cached
 from pipeline.model.checkpoint import load_classifier, model_from_file, state_dict_sha256
+from pipeline.model.mlflow_source import is_mlflow_uri, load_mlflow_model
 from pipeline.redaction import redact
+from pipeline.track.tracking import resolve_uri
 
 SOURCES = ("train", "fetch", "torchvision", "module")
 EXTERNAL = ("torchvision", "module")
@@ -66,6 +68,8 @@ def name(model_cfg: Mapping) -> str:
     source = ident.get("source")
     if source == "train":
         return f"{ident.get('arch')} (trained)"
+    if source == "fetch" and is_mlflow_uri(ident["url"]):
+        return str(ident["url"])
     if source == "fetch":
         return f"{ident.get('arch')} ({_file_name(ident['url'])})"
     if source == "torchvision":
@@ -78,12 +82,25 @@ def _file_name(url: str) -> str:
 
 
 def obtain(model_cfg: Mapping, data: PreparedData, *, cache_dir: str | os.PathLike,
-           progress: bool | None = None) -> tuple[ImageClassifier, dict]:
+           progress: bool | None = None, tracking_uri: str | None = None) -> tuple[ImageClassifier, dict]:
     """Build the model a config names from its source (never reading ``paths.classifier``):
-    (model in eval mode on the CPU, its checkpoint architecture dict)."""
+    (model in eval mode on the CPU, its checkpoint architecture dict). A ``models:/`` or ``runs:/``
+    URL is read from the MLflow store at ``tracking_uri``."""
     source = check_source(model_cfg)
     if source == "train":
         raise ConfigError("model.source=train: the model is trained by the train stage (dvc repro train)")
+    if source == "fetch" and is_mlflow_uri(model_cfg["url"]):
+        url = str(model_cfg["url"])
+        state, meta = load_mlflow_model(url, tracking_uri or "sqlite:///mlflow.db", list(data.wnids))
+        if meta.get("state_dict_sha256") not in (None, state_dict_sha256(state)):
+            raise DataError(f"model.url={url}: the weights do not match the digest logged with them")
+        try:
+            model = rebuild(meta["arch"], list(data.wnids), state)
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"model.url={url}: its weights do not fit the logged architecture {meta['arch']} "
+                            f"({one_line(exc, 200)})") from None
+        return model.eval(), dict(meta["arch"])
     if source == "fetch":
         target, _ = fetch_cached(str(model_cfg["url"]), cache_dir, sha256=model_cfg.get("sha256"), progress=progress)
         return model_from_file(target, model_cfg, data.mean_image, data.num_classes, data.wnids)
@@ -144,7 +161,8 @@ def load_for_job(cfg, data: PreparedData, device: torch.device) -> tuple[ImageCl
     if source == "train":
         raise DataError(f"{reason}; train it first: dvc repro train (or python -m pipeline.train "
                         f"model={model_cfg.get('arch')}), or choose another model.source")
-    model, arch = obtain(model_cfg, data, cache_dir=cfg.paths.checkpoints, progress=cfg.progress)
+    model, arch = obtain(model_cfg, data, cache_dir=cfg.paths.checkpoints, progress=cfg.progress,
+                         tracking_uri=resolve_uri(cfg.tracking.uri, cfg.paths.root))
     meta = {"arch": arch, "wnids": list(data.wnids), "class_names": list(data.class_names), "source": source,
             "model": identity(model_cfg), "state_dict_sha256": state_dict_sha256(model.state_dict())}
     return model.to(device).eval(), meta

@@ -26,13 +26,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipeline.track import tracking
-from pipeline.model.checkpoint import architecture, pick_device, save_classifier
+from pipeline.track import datasets, logged_models, tracking
+from pipeline.track.tracking import log_rows
+from pipeline.model.checkpoint import architecture, pick_device, save_classifier, state_dict_sha256
 from pipeline.model import adversarial, sources
 from pipeline.data.cache import PreparedData, Split, load_prepared
+from pipeline.data.selection import spread_over_classes
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import atomic_path, write_csv, write_json
-from pipeline.job import hydra_job, overrides, seed_everything
+from pipeline.job import hydra_job, overrides, run_name, seed_everything
 from pipeline.model.architectures import ImageClassifier, build_model
 from pipeline.model.muon import MuonSGD
 from pipeline.model.precision import autocast
@@ -376,7 +378,7 @@ def robustness(model: ImageClassifier, val: Split, threat: DictConfig, batch_siz
     count = min(int(threat.eval_images), len(val))
     if count == 0:
         return {}
-    pick = torch.linspace(0, len(val) - 1, count).round().long()
+    pick = torch.tensor(spread_over_classes(val.labels, count))
     started = time.perf_counter()
     accuracy = adversarial.robust_accuracy(model, val.images[pick], val.labels[pick], norm=threat.norm,
                                            eps=float(threat.eps), steps=int(threat.eval_steps),
@@ -402,18 +404,22 @@ def run(cfg: DictConfig) -> dict:
     if source not in sources.EXTERNAL:
         build_model(cfg.model, num_classes=data.num_classes)  # unknown arch/options fail before any work
     out_dir = Path(cfg.paths.metrics)
-    with tracking.start_run(cfg, "train", dataset_sha256=data.sha256, overrides=overrides()):
+    label = f"{cfg.model.arch} {s.epochs} epochs" if source == "train" else sources.name(cfg.model)
+    with tracking.start_run(cfg, "train", dataset_sha256=data.sha256, overrides=overrides(),
+                            name=run_name(cfg, "train", label)):
         mlflow.set_tags({"model": sources.name(cfg.model), "model_source": source, "device": str(device),
                          "arch": cfg.model.arch})
         if s.get("adversarial") and source == "train":
             mlflow.set_tag("adversarial", f"{s.adversarial.norm} eps {s.adversarial.eps:g}")
+        datasets.log_dataset(cfg.data, data, context="train")
         started = time.perf_counter()
         if source == "train":
             model, history = train_model(cfg, data, device, s)
             images_per_second = float(np.mean([r["images_per_second"] for r in history]))
             train_minutes = (time.perf_counter() - started) / 60
         else:
-            model, arch = sources.obtain(cfg.model, data, cache_dir=cfg.paths.checkpoints, progress=cfg.progress)
+            model, arch = sources.obtain(cfg.model, data, cache_dir=cfg.paths.checkpoints, progress=cfg.progress,
+                                         tracking_uri=tracking.resolve_uri(cfg.tracking.uri, cfg.paths.root))
             history, images_per_second, train_minutes = [], 0.0, 0.0
         model = model.to(device).eval()
         val = data.split("val")
@@ -433,16 +439,22 @@ def run(cfg: DictConfig) -> dict:
         reports = Path(cfg.paths.checkpoints) / "reports"
         write_csv(reports / "confusion_top_pairs.csv", pairs)
         write_csv(reports / "per_class_accuracy.csv", per_class)
-        mlflow.log_artifact(str(reports / "confusion_top_pairs.csv"))
-        mlflow.log_artifact(str(reports / "per_class_accuracy.csv"))
+        log_rows(per_class, "per_class_accuracy.json")
+        log_rows(pairs, "confusion_top_pairs.json")
         if source == "train":
             arch = architecture(cfg.model)
             arch["num_classes"] = data.num_classes
+        meta = {"arch": arch, "wnids": list(data.wnids), "class_names": list(data.class_names), "source": source,
+                "val_accuracy": metrics["val_accuracy"], "dataset_sha256": data.sha256,
+                "model": sources.identity(cfg.model)}
         save_classifier(cfg.paths.classifier, model, arch, wnids=data.wnids, class_names=data.class_names,
-                        source=source, extra={"val_accuracy": metrics["val_accuracy"],
-                                              "dataset_sha256": data.sha256, "model": sources.identity(cfg.model)})
-        mlflow.log_artifact(cfg.paths.classifier)
+                        source=source, extra={k: meta[k] for k in ("val_accuracy", "dataset_sha256", "model")})
+        meta["state_dict_sha256"] = state_dict_sha256({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        logged_models.log_classifier(model, meta, val.images[:2], cfg.tracking.get("registered_model"))
         write_csv(Path(cfg.paths.plots) / "train.csv", history)
+        write_csv(Path(cfg.paths.plots) / "confusion.csv", [  # DVC plot (template confusion), one row per val image
+            {"actual": data.class_names[int(a)], "predicted": data.class_names[int(b)]}
+            for a, b in zip(val.labels, scores.argmax(1))])
         write_json(out_dir / "train.json", metrics)
         # Resuming is for killed runs only: a finished run must not short-cut the next one.
         (Path(cfg.paths.checkpoints) / "train_last.pt").unlink(missing_ok=True)

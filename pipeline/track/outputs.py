@@ -1,7 +1,8 @@
 """What a visualization job leaves behind, the same way for every job.
 
 ``job_outputs`` opens the job's MLflow run (params: the seed and the job's own config section;
-tags: the model it explains) and a temporary folder that becomes ``results/<job>/`` only if the
+tags: the model it explains, and the MLflow model version it is when the train job logged it; inputs:
+the dataset and that model) and a temporary folder that becomes ``results/<job>/`` only if the
 job succeeds; ``save_figure`` and ``save_metrics`` write a figure / the metrics to both places.
 """
 
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 from omegaconf import DictConfig
 from PIL import Image
 
-from pipeline.track import tracking
+from pipeline.track import datasets, logged_models, tracking
 from pipeline.files import atomic_path, write_json
-from pipeline.job import overrides
+from pipeline.job import overrides, run_name
 
 if TYPE_CHECKING:  # only for the type hint: outputs sit below the jobs, not above the subject
     from pipeline.explain.subject import Subject
@@ -27,9 +28,16 @@ def job_outputs(cfg: DictConfig, job: str, subject: Subject, tags: Mapping[str, 
     import mlflow
 
     with tracking.start_run(cfg, job, dataset_sha256=subject.data.sha256, overrides=overrides(),
-                            sections=("seed", job)), \
+                            name=run_name(cfg, job), sections=("seed", job)) as run, \
             atomic_path(Path(cfg.paths.results) / job, is_dir=True) as tmp:
-        mlflow.set_tags({**subject.tags(), **(tags or {})})
+        link = logged_models.find_logged_model(str(subject.meta.get("state_dict_sha256", "")),
+                                               cfg.tracking.get("registered_model"))
+        models = ()
+        if link:
+            reference = logged_models.reference_in_experiment(link, run.info.experiment_id)
+            models = (link["model_id"], reference)
+        mlflow.set_tags({**subject.tags(), **link, **(tags or {})})
+        datasets.log_dataset(cfg.data, subject.data, context="eval", model_ids=models)
         yield tmp
 
 
@@ -68,8 +76,4 @@ def save_metrics(cfg: DictConfig, job: str, metrics: Mapping) -> None:
 
 def save_table(rows: Mapping[str, Mapping[str, float]], name: str, key: str = "method") -> None:
     """{row name: {column: value}} as an MLflow table (``mlflow.log_table``): one row per entry."""
-    import mlflow
-
-    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-    mlflow.log_table({key: list(rows), **{c: [row.get(c) for row in rows.values()] for c in columns}},
-                     artifact_file=name)
+    tracking.log_rows([{key: row, **values} for row, values in rows.items()], name)

@@ -101,12 +101,15 @@ def git_state(root: str | os.PathLike) -> tuple[str, bool | None]:
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
-              overrides: list[str] | None = None,
+              overrides: list[str] | None = None, name: str | None = None,
               sections: tuple[str, ...] | None = None) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
     """An MLflow run for ``job`` with the standard params and tags; FAILED if the body raises.
 
+    ``name``: what the runs table shows (``pipeline.job.run_name``: the job and what differs from its
+    defaults), made unique in the experiment; ``tracking.run_name`` wins when set.
     ``sections``: the top-level config keys logged as params (default: all); the full resolved
     config is always attached as ``config.yaml``.
+    ``tracking.system_metrics=true`` adds MLflow's CPU / memory / GPU samples (``system/*``).
     """
     import mlflow  # heavy import, only once a job really starts
 
@@ -135,7 +138,9 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
             experiment = f"{cfg.tracking.experiment_prefix}{job}"
             ensure_experiment(mlflow, experiment, uri)
             close_orphans(mlflow, experiment)
-            run = mlflow.start_run(run_name=cfg.tracking.get("run_name"), tags=tags)
+            run_name = cfg.tracking.get("run_name") or unique_name(mlflow, experiment, redact(name or job))
+            run = mlflow.start_run(run_name=run_name, tags=tags,
+                                   log_system_metrics=bool(cfg.tracking.get("system_metrics", False)))
     except Exception as exc:  # MLflow wraps store errors in many types; a foreign server replies with a page
         raise TrackingError(f"cannot start an MLflow run in {redact(uri)}: "
                             f"{one_line(redact(str(exc)), 300)}") from None
@@ -147,6 +152,20 @@ def start_run(cfg: DictConfig, job: str, *, dataset_sha256: str | None = None,
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, f"{cfg.tracking.experiment_prefix}{job}",
                  redact(uri))
         yield run
+
+
+def unique_name(mlflow, experiment_name: str, name: str) -> str:
+    """``name``, or ``name #2``, ``#3``... when the experiment already has a run of that name, so every
+    row of the runs table says what ran and still tells runs apart (called under ``store_lock``)."""
+    name = name.replace("'", "").strip()[:240]
+    taken = {run.info.run_name for run in mlflow.search_runs(
+        experiment_names=[experiment_name], filter_string=f"attributes.run_name LIKE '{name}%'",
+        output_format="list", max_results=50000)}
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name} #{count}"
+    return candidate
 
 
 def process_tags() -> dict[str, str]:
@@ -252,6 +271,15 @@ def log_image(image: Image.Image | np.ndarray, name: str, step: int | None = Non
         mlflow.log_image(image, artifact_file=f"{name}.png")
     else:
         mlflow.log_image(image, key=name, step=step)
+
+
+def log_rows(rows: list[Mapping], name: str) -> None:
+    """Rows of dicts as an MLflow table (``mlflow.log_table``, artifact ``name``.json): the UI shows it as a
+    table and ``mlflow.load_table`` reads it back, across runs, as one DataFrame."""
+    import mlflow
+
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file=name)
 
 
 class StepLogger:

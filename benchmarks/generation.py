@@ -162,12 +162,13 @@ def inversion_section(subject, model) -> None:
     layers = layer_list(inv.layers, model)
     shallow, deep = named_layer(inv.shallow_layer, model, 3), named_layer(inv.deep_layer, model, 6)
     val = subject.data.split("val")
-    image = val.images[int(inv.val_index)].float()
+    index = 0 if inv.val_index is None else int(inv.val_index)  # null: the job inverts many images; time one
+    image = val.images[index].float()
     started = time.perf_counter()
     result, errors = invert(model, image, layers, regime(inv, model), seed=0, init_std=inv.init_std, progress=False)
     t_inv = time.perf_counter() - started
     quality = psnr(result.images.cpu().round().clamp(0, 255), image[None].expand(len(layers), -1, -1, -1))
-    print(f"\ninversion of val image {inv.val_index}, {len(layers)} layers in one batch, {inv.iterations} iterations: "
+    print(f"\ninversion of val image {index}, {len(layers)} layers in one batch, {inv.iterations} iterations: "
           f"{t_inv / inv.iterations:.3f} s/iteration")
     for i, err, db in zip(layers, errors, quality.tolist()):
         mark = " <- shallow (reference layer 3)" if i == shallow else " <- deep (reference layer 6)" if i == deep else ""

@@ -45,63 +45,39 @@ class Shown:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[Path, dict[str, Shown]]:
-    """(folder holding ``mlflow.db`` and ``mlruns/``, {job: what its run page shows}) for one train run and one
-    saliency run, written with the MLflow calls the jobs make (pipeline/track/logged_models.py, datasets.py,
-    outputs.py), so that this is the one part to replace by running the real jobs.
+    """(folder holding ``mlflow.db`` and ``mlruns/``, {job: what its run page shows}): the train and saliency jobs
+    themselves on a synthetic dataset (tests/test_train.py's tiny configs, about 10 s).
 
     A visualization run records two input models: the train run's (its lineage) and a *reference* to it in its
     own experiment, because the run page lists only models of the run's experiment (in MLflow 3.17 the Logged
-    models panel is a search in that experiment for the run's input and output model ids). The reference carries
-    the ``mlflow.modelVersions`` tag that MLflow sets on a registered model, which is what the Logged models table's
-    "Registered models" column and the run's Registered models panel are read from."""
+    models panel is a search in that experiment for the run's input and output model ids); the reference's
+    ``mlflow.modelVersions`` tag fills the "Registered models" column and panel."""
     import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import LoggedModelInput
+    import synthetic
+    from test_train import job_cfg, saliency_cfg
 
-    from pipeline.track.tracking import use_store
+    from pipeline.data import cache as data
+    from pipeline.explain import saliency
+    from pipeline.model import train
 
     root = tmp_path_factory.mktemp("ui")
-    use_store(f"sqlite:///{root}/mlflow.db")
-    for job in ("train", "saliency"):  # artifacts beside the store, as tracking.ensure_experiment does
-        mlflow.create_experiment(job, artifact_location=(root / "mlruns" / job).as_uri())
-    dataset = MetaDataset(HTTPDatasetSource("http://example.invalid/tiny.zip"), name=DATASET, digest="abc123")
-    image = np.zeros((32, 48, 3), np.uint8)
-    image[:, :, 0] = np.linspace(0, 255, 48, dtype=np.uint8)
-
-    mlflow.set_experiment("train")
-    with mlflow.start_run(run_name="train resnet 1 epoch") as run:
-        mlflow.log_input(dataset, context="train")
-        torch.manual_seed(0)
-        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="classifier", registered_model_name=REGISTERED,
-                                        pip_requirements=["torch"], input_example=np.zeros((1, 2), np.float32),
-                                        await_registration_for=0)
-        version = str(info.registered_model_version)
-        link = {"model_id": info.model_id, "logged_model_uri": info.model_uri, "registered_model": REGISTERED,
-                "model_version": version, "model_uri": f"models:/{REGISTERED}/{version}"}
-        mlflow.set_tags(link)
-        mlflow.log_image(image, artifact_file="confusion.png")
-    shown = {"train": Shown(run.info.experiment_id, run.info.run_id, run_name="train resnet 1 epoch",
-                            image="confusion.png", dataset=DATASET, digest="abc123", context="train",
-                            direction="Output", model_id=info.model_id, version=version)}
-
-    saliency = mlflow.set_experiment("saliency")
-    reference = mlflow.create_external_model(
-        name="classifier", source_run_id=run.info.run_id, model_type="reference", experiment_id=saliency.experiment_id,
-        tags={"reference_of": info.model_id, **{k: v for k, v in link.items() if k != "model_id"},
-              "mlflow.modelVersions": json.dumps([{"name": REGISTERED, "version": int(version)}])})
-    with mlflow.start_run(run_name="saliency gradient") as run:
-        mlflow.set_tags(link)
-        mlflow.log_input(dataset, context="eval", model=LoggedModelInput(info.model_id))
-        mlflow.log_input(model=LoggedModelInput(reference.model_id))
-        mlflow.log_image(image[::-1], artifact_file="saliency.png")
-        mlflow.set_tag("main_figure", "saliency.png")
-    shown["saliency"] = Shown(run.info.experiment_id, run.info.run_id, run_name="saliency gradient",
-                              image="saliency.png", dataset=DATASET, digest="abc123", context="eval",
-                              direction="Input", model_id=reference.model_id, version=version)
+    synthetic.make_zip(root / "d.zip", num_classes=4, train_per_class=12, val_per_class=4)
+    data.prepare(root / "d.zip", root / "prepared", workers=1, progress=False)
+    train.run(job_cfg(root / "prepared", root))
+    saliency.run(saliency_cfg(root / "prepared", root))
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    shown = {}
+    for job, context, direction in (("train", "train", "Output"), ("saliency", "eval", "Input")):
+        experiment = client.get_experiment_by_name(job)
+        run = client.get_run(client.search_runs([experiment.experiment_id])[0].info.run_id)
+        models = run.outputs.model_outputs if job == "train" else run.inputs.model_inputs
+        model = next(m.model_id for m in models
+                     if client.get_logged_model(m.model_id).experiment_id == experiment.experiment_id)
+        images = [a.path for a in client.list_artifacts(run.info.run_id) if a.path.endswith(".png")]
+        dataset = run.inputs.dataset_inputs[0].dataset
+        shown[job] = Shown(experiment.experiment_id, run.info.run_id, run.info.run_name,
+                           run.data.tags.get("main_figure") or (images[0] if images else None), dataset.name,
+                           dataset.digest, context, direction, model, run.data.tags["model_version"])
     return root, shown
 
 

@@ -195,6 +195,7 @@ def test_visualization_runs_link_the_model_version_and_dataset_they_used(prepare
     # ... and this experiment's reference to it, which the UI's Logged models panel shows
     assert reference.experiment_id == run.info.experiment_id and reference.tags["reference_of"] == original.model_id
     assert reference.tags["model_uri"] == "models:/tinyimagenet-classifier/1"
+    assert json.loads(reference.tags["mlflow.modelVersions"]) == [{"name": "tinyimagenet-classifier", "version": 1}]
     (entry,) = run.inputs.dataset_inputs
     assert entry.dataset.digest == meta_digest(prepared) and entry.tags[0].value == "eval"
 

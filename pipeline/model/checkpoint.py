@@ -54,7 +54,8 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_classifier(path: str | os.PathLike, model: ImageClassifier, arch: Mapping, *, wnids: list[str],
-                    class_names: list[str], source: str, extra: Mapping | None = None) -> None:
+                    class_names: list[str], source: str, extra: Mapping | None = None) -> str:
+    """Write the checkpoint atomically; returns its weights' digest (``state_dict_sha256``)."""
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -68,6 +69,7 @@ def save_classifier(path: str | os.PathLike, model: ImageClassifier, arch: Mappi
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return payload["state_dict_sha256"]
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.track import datasets, logged_models, tracking
 from pipeline.track.tracking import log_rows
-from pipeline.model.checkpoint import architecture, pick_device, save_classifier, state_dict_sha256
+from pipeline.model.checkpoint import architecture, pick_device, save_classifier
 from pipeline.model import adversarial, sources
 from pipeline.data.cache import PreparedData, Split, load_prepared
 from pipeline.data.selection import spread_over_classes
@@ -447,9 +447,9 @@ def run(cfg: DictConfig) -> dict:
         meta = {"arch": arch, "wnids": list(data.wnids), "class_names": list(data.class_names), "source": source,
                 "val_accuracy": metrics["val_accuracy"], "dataset_sha256": data.sha256,
                 "model": sources.identity(cfg.model)}
-        save_classifier(cfg.paths.classifier, model, arch, wnids=data.wnids, class_names=data.class_names,
-                        source=source, extra={k: meta[k] for k in ("val_accuracy", "dataset_sha256", "model")})
-        meta["state_dict_sha256"] = state_dict_sha256({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        meta["state_dict_sha256"] = save_classifier(
+            cfg.paths.classifier, model, arch, wnids=data.wnids, class_names=data.class_names, source=source,
+            extra={k: meta[k] for k in ("val_accuracy", "dataset_sha256", "model")})
         logged_models.log_classifier(model, meta, val.images[:2], cfg.tracking.get("registered_model"))
         write_csv(Path(cfg.paths.plots) / "train.csv", history)
         write_csv(Path(cfg.paths.plots) / "confusion.csv", [  # DVC plot (template confusion), one row per val image

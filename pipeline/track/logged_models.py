@@ -14,6 +14,7 @@ record as their input beside the logged model itself.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Mapping
 
@@ -131,6 +132,9 @@ def reference_in_experiment(link: Mapping[str, str], experiment_id: str) -> str:
     tags = {REFERENCE_TAG: link["model_id"], DIGEST_TAG: original.tags.get(DIGEST_TAG, ""),
             **{k: v for k, v in link.items() if k in ("registered_model", "model_version", "model_uri",
                                                        "logged_model_uri")}}
+    if "model_version" in link:  # what the UI's Registered models column and panel read
+        tags["mlflow.modelVersions"] = json.dumps([{"name": link["registered_model"],
+                                                    "version": int(link["model_version"])}])
     reference = mlflow.create_external_model(name=original.name, source_run_id=original.source_run_id, tags=tags,
                                              model_type="reference", experiment_id=experiment_id)
     return reference.model_id

@@ -4,8 +4,9 @@ A class visualization that reaches probability 1.00 on its own model may still b
 model responds to. Its *meaning* is measured by an independent judge: the top-1 rate at which another
 classifier assigns the images their target class (chance: 1 / classes). The judges are the two
 models of this benchmark, each for the other: the robust model judges the standard model's images,
-the standard model judges the robust model's. Every figure comes from the pipeline's own jobs with
-their default configs (``python -m pipeline.class_viz``, ``pipeline.inversion``), run here with
+the standard model judges the robust model's. Each setting runs ``--seeds`` times (seeds 0, 1, ...: other
+start noise and transforms), so a rate is a mean over 100 x seeds pictures and ``*_min`` is the worst
+seed. Every figure comes from the pipeline's own jobs with their default configs (``python -m pipeline.class_viz``, ``pipeline.inversion``), run here with
 ``class_viz.judge`` and logged to MLflow like any run (tag ``benchmark=meaning``):
 
 - ``pixel_cross_model_top1`` / ``fourier_cross_model_top1``: the standard model's class_viz images in
@@ -73,6 +74,15 @@ def run_job(name: str, out: Path, *overrides: str, reuse: bool = False) -> dict:
     return metrics
 
 
+def mean_metrics(runs: list[dict]) -> dict:
+    """The runs' metrics averaged over seeds, and ``cross_model_top1_min``: the worst seed's."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in keys}
+    if "cross_model_top1" in mean:
+        mean["cross_model_top1_min"] = min(float(r["cross_model_top1"]) for r in runs)
+    return mean
+
+
 def side_by_side(runs: dict[str, Path], path: Path, names: list[str], classes: int = 10) -> None:
     """One figure: the first ``classes`` class visualizations of each run, a row per run."""
     rows = []
@@ -104,6 +114,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, default=REPO / "metrics" / "meaning.json")
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "meaning.png")
     parser.add_argument("--images", type=int, default=16, help="val images inverted (spread over the classes)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="class_viz runs per setting, seeds 0..N-1 (N x 100 images; figures are means, *_min the worst seed)")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same code only)")
     parser.add_argument("--only", choices=["class_viz"], help="stop after the class visualizations (no metrics file)")
     args = parser.parse_args()
@@ -119,12 +131,16 @@ def main() -> None:
     classes = f"class_viz.classes={args.classes}"
     job = functools.partial(run_job, reuse=args.reuse)
     print("class visualizations, each judged by the other model:", flush=True)
-    pixel = job("class_viz", args.out / "pixel", *on_standard, classes, f"class_viz.judge={robust}")
-    fourier = job("class_viz", args.out / "fourier", *on_standard, classes, "class_viz=fourier",
-                  f"class_viz.judge={robust}")
-    robust_viz = job("class_viz", args.out / "robust", *on_robust, classes, f"class_viz.judge={standard}")
-    robust_fourier = job("class_viz", args.out / "robust_fourier", *on_robust, classes, "class_viz=fourier",
-                         f"class_viz.judge={standard}")
+    settings = {  # name: (model overrides, class_viz overrides, judge)
+        "pixel": (on_standard, (), robust),
+        "fourier": (on_standard, ("class_viz=fourier",), robust),
+        "robust": (on_robust, (), standard),
+        "robust_fourier": (on_robust, ("class_viz=fourier",), standard),
+    }
+    viz = {name: [job("class_viz", args.out / (name if seed == 0 else f"{name}_seed{seed}"), *model, classes, *extra,
+                      f"class_viz.judge={judge}", f"seed={seed}") for seed in range(args.seeds)]
+           for name, (model, extra, judge) in settings.items()}
+    pixel, fourier, robust_viz, robust_fourier = (mean_metrics(viz[name]) for name in settings)
     if args.only == "class_viz":
         return
     print("inversion on each model:", flush=True)
@@ -149,7 +165,14 @@ def main() -> None:
         "robust_deep_psnr": inv_robust["deep_psnr"],
         "standard_shallow_psnr": inv_standard["shallow_psnr"],
         "robust_shallow_psnr": inv_robust["shallow_psnr"],
-        "num_classes": pixel["num_classes"],
+        "pixel_cross_model_top1_min": pixel["cross_model_top1_min"],
+        "fourier_cross_model_top1_min": fourier["cross_model_top1_min"],
+        "robust_cross_model_top1_min": robust_viz["cross_model_top1_min"],
+        "fourier_to_pixel_ratio": fourier["cross_model_top1"] / max(pixel["cross_model_top1"], 1e-9),
+        "fourier_to_pixel_ratio_min": min(f["cross_model_top1"] / max(p["cross_model_top1"], 1e-9)
+                                          for p, f in zip(viz["pixel"], viz["fourier"])),  # the worst seed's
+        "num_seeds": args.seeds,
+        "num_classes": int(pixel["num_classes"]),
         "num_images": inv_standard["num_images"],
     }
     write_json(args.metrics, result)
@@ -159,11 +182,13 @@ def main() -> None:
                             "robust model, pixel space (default)": args.out / "robust",
                             "robust model, class_viz=fourier": args.out / "robust_fourier"}, args.figure, names)
     chance = 1 / result["num_classes"]
-    print(f"\ncross-model top-1 (chance {chance:.3f}), {result['num_classes']} classes:")
-    print(f"  standard, pixel   {result['pixel_cross_model_top1']:.3f}   (target probability on its own model "
+    print(f"\ncross-model top-1 (chance {chance:.3f}), {result['num_classes']} classes x {args.seeds} seeds "
+          f"(mean; worst seed in brackets):")
+    print(f"  standard, pixel   {result['pixel_cross_model_top1']:.3f} [{result['pixel_cross_model_top1_min']:.2f}] (target probability on its own model "
           f"{result['pixel_mean_target_prob']:.4f})")
     print(f"  standard, fourier {result['fourier_cross_model_top1']:.3f} = "
-          f"{result['fourier_cross_model_top1'] / max(result['pixel_cross_model_top1'], 1e-9):.1f}x pixel (target >= 3x),"
+          f"{result['fourier_to_pixel_ratio']:.1f}x pixel (target >= 3x),"
+          f" {result['fourier_to_pixel_ratio_min']:.1f}x for the worst seed,"
           f" target probability {result['fourier_mean_target_prob']:.4f} (target >= 0.99), "
           f"{result['fourier_seconds_per_iteration_ratio']:.2f}x the time per iteration (target <= 1.3)")
     print(f"  robust, pixel     {result['robust_cross_model_top1']:.3f} (target >= 0.20); fourier "

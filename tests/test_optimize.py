@@ -10,7 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.explain.engine.objectives import L2, ActivationNorm, ClassScore, FeatureMatch, Probe, TotalVariation
 from pipeline.explain.engine.regime import Regime, build
 from pipeline.explain.engine.render import item_seeds, optimize
-from pipeline.explain.engine.steps import step_rule
+from pipeline.explain.engine.steps import scheduled, step_rule
 from pipeline.model.precision import frozen
 from pipeline.explain.engine.transforms import REFERENCE_BLUR_KERNEL, Blur, Clip, GaussianBlur, Jitter, Quantize
 
@@ -176,7 +176,28 @@ def test_step_rules(model):
     assert torch.allclose((norm.images - x).flatten(1).norm(dim=1), torch.tensor([5.0, 5.0]), rtol=1e-4)
 
 
+def test_cosine_schedule_shrinks_each_images_step_by_its_own_count(model):
+    x = pixels(2)
+    steps = []
+
+    def stop(probe):  # image 1 stops after its first update; image 0 runs all 4
+        steps.append(len(steps))
+        return torch.tensor([i == 1 and len(steps) > 1 for i in probe.index.tolist()])
+
+    result = optimize(model, x, ClassScore(torch.tensor([0, 1])), regime(4, 8.0, "sign", schedule="cosine"), stop=stop)
+    assert result.steps.tolist() == [4, 1]
+    first = (result.images[1] - x[1]).abs()  # count 0: factor 1, every pixel moved by the full 8 (or clipped)
+    assert float(first.max()) == pytest.approx(8.0, abs=1e-4)
+    unit = scheduled(lambda x, grad, index, count: x - 1.0, "cosine", 4)  # a rule that moves every value by 1
+    moved = -unit(torch.zeros(4, 1), None, None, torch.tensor([0, 1, 2, 3]))[:, 0]
+    assert torch.allclose(moved, torch.tensor([1.0, 0.8536, 0.5, 0.1464]), atol=1e-4)  # (1 + cos(pi t / 4)) / 2
+    constant = optimize(model, x, ClassScore(torch.tensor([0, 1])), regime(3, 8.0, "adam"))
+    again = optimize(model, x, ClassScore(torch.tensor([0, 1])), regime(3, 8.0, "adam", schedule="constant"))
+    assert torch.equal(constant.images, again.images)  # constant is the update itself, bit for bit
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"lr_schedule": "linear"}, "unknown lr schedule"),
     ({"lr": 0.0}, "must be > 0"), ({"lr": -1.0}, "must be > 0"), ({"step": "newton"}, "unknown step rule"),
     ({"iterations": -1}, ">= 0"), ({"precision": "fp8"}, "unknown precision"), ({"blur": "box"}, "unknown blur"),
     ({"blur": "gaussian", "blur_sigma": 0}, "sigma"), ({"jitter": -2}, "jitter"),

@@ -15,6 +15,7 @@ import synthetic
 import torch
 from conftest import REPO, Route
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from pipeline.data import cache as data
 
@@ -67,7 +68,9 @@ def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
     assert run.data.tags["model_source"] == "train"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion_top_pairs.json", "per_class_accuracy.json", "config.yaml"} <= artifacts
+    assert {"confusion_top_pairs.json", "per_class_accuracy.json", "config.yaml", "confusion_matrix.png"} <= artifacts
+    picture = np.asarray(Image.open(client.download_artifacts(run.info.run_id, "confusion_matrix.png", str(tmp_path))))
+    assert picture.shape == (4 * 4, 4 * 4, 3)  # 4 classes, 4 px a cell
     table = mlflow.load_table("per_class_accuracy.json", run_ids=[run.info.run_id])
     assert len(table) == 4 and set(table["class"]) == set(meta["class_names"])
     # the MLflow model: logged, registered, tagged with the weights' digest the checkpoint carries
@@ -82,6 +85,23 @@ def test_train_writes_model_metrics_curves_and_reports(prepared, tmp_path):
     (entry,) = run.inputs.dataset_inputs
     assert entry.dataset.name == "tiny-imagenet-100-A" and entry.dataset.digest == meta_digest(prepared)
     assert json.loads(entry.dataset.profile)["num_val"] == 16
+
+
+def test_confusion_pictures_show_the_diagonal_and_the_worst_pairs():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    preds = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 0, 0])  # class 2 is always called class 0
+    matrix = train.confusion_matrix(preds, labels, 3)
+    assert matrix.tolist() == [[3, 1, 0], [0, 4, 0], [2, 0, 0]]
+    picture = train.confusion_picture(matrix, cell=2)
+    assert picture.shape == (6, 6, 3) and picture.dtype == np.uint8
+    brightness = picture.astype(int).sum(-1)[::2, ::2]  # one pixel per cell
+    assert brightness[1, 1] == brightness.max() and brightness[2, 0] > brightness[0, 1] > brightness[2, 2]
+    assert train.most_confused(labels, preds, 3) == [(2, 0, 2, 8), (0, 1, 1, 3)]  # (true, predicted, count, first)
+    images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 3, 8, 8)
+    grid = train.confused_examples(images, labels, preds, ["goldfish", "tabby", "espresso"])
+    assert grid.size[0] == 4 + 2 * (16 + 4)  # two tiles, 2x, side by side
+    assert np.asarray(grid)[4 + 8, 4 + 8].tolist() == [8, 8, 8]  # the first tile is val image 8 (espresso -> goldfish)
+    assert train.confused_examples(images, labels, labels, ["goldfish", "tabby", "espresso"]) is None
 
 
 def meta_digest(prepared) -> str:

@@ -1,6 +1,6 @@
 """Job ``inversion``: feature inversion (Mahendran & Vedaldi 2015; Yosinski et al. 2015).
 
-Find, from noise, the image whose features at a layer match those of a given image, minimising
+Find, from the mean image (or noise), the image whose features at a layer match those of a given image, minimising
 ||phi(x) - phi0||^2 / ||phi0||^2 plus L2 and total-variation priors, with clipping (and optional
 blur and jitter). Every (image, layer) pair is one item of the same batch, so one run gives the
 reconstruction-by-depth figure over several val images (mean and worst PSNR per layer): how much

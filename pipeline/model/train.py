@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipeline.track import datasets, logged_models, tracking
+from pipeline.track import datasets, figures, logged_models, tracking
 from pipeline.track.tracking import log_rows
 from pipeline.model.checkpoint import architecture, pick_device, save_classifier
 from pipeline.model import adversarial, sources
@@ -353,13 +353,18 @@ def train_model(cfg: DictConfig, data: PreparedData, device: torch.device, s: Di
 # --------------------------------------------------------------------------- reports
 
 
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) counts, row = true class, column = predicted."""
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    matrix.index_put_((labels.long(), preds.long()), torch.ones_like(labels, dtype=torch.long), accumulate=True)
+    return matrix
+
+
 def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str], top: int = 25) -> tuple[
         list[dict], list[dict]]:
     """(top confused pairs, per-class accuracy), rows ready for CSV."""
     n = len(names)
-    preds = scores.argmax(1)
-    matrix = torch.zeros(n, n, dtype=torch.long)
-    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    matrix = confusion_matrix(scores.argmax(1), labels, n)
     off = matrix.clone()
     off.fill_diagonal_(0)
     values, flat = off.flatten().topk(min(top, n * n))
@@ -370,6 +375,39 @@ def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str
                   "count": int(matrix[i].sum()),
                   "most_confused_with": names[int(off[i].argmax())] if off[i].sum() else ""} for i in range(n)]
     return pairs, sorted(per_class, key=lambda r: r["accuracy"])
+
+
+def confusion_picture(matrix: torch.Tensor, cell: int = 4) -> np.ndarray:
+    """The row-normalised confusion matrix as an image, ``cell`` pixels per entry; square-root scaled,
+    so that a class that loses 5% of its images to another is visible beside a 90% diagonal."""
+    rows = matrix.float() / matrix.sum(1, keepdim=True).clamp_min(1)
+    picture = figures.heatmap(rows.sqrt(), vmax=1.0)
+    return np.repeat(np.repeat(picture, cell, axis=0), cell, axis=1)
+
+
+def most_confused(labels: torch.Tensor, preds: torch.Tensor, n: int, pairs: int = 12) -> list[tuple[int, int, int, int]]:
+    """The ``pairs`` most frequent mistakes as (true, predicted, count, first val index of that mistake)."""
+    matrix = confusion_matrix(preds, labels, n)
+    matrix.fill_diagonal_(0)
+    values, flat = matrix.flatten().topk(min(pairs, n * n))
+    found = []
+    for count, f in zip(values.tolist(), flat.tolist()):
+        if count == 0:
+            break
+        true, predicted = divmod(f, n)
+        found.append((true, predicted, count, int(((labels == true) & (preds == predicted)).nonzero()[0, 0])))
+    return found
+
+
+def confused_examples(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, names: list[str],
+                      pairs: int = 12):
+    """A grid of val images, one per most confused (true, predicted) pair: what the classifier mistakes
+    for what (None when it makes no mistake)."""
+    found = most_confused(labels, preds, len(names), pairs)
+    if not found:
+        return None
+    return figures.grid([images[i] for *_, i in found], [f"{names[t]} -> {names[p]} ({c})" for t, p, c, _ in found],
+                        columns=min(6, len(found)), scale=2, caption_lines=2)
 
 
 def robustness(model: ImageClassifier, val: Split, threat: DictConfig, batch_size: int, device: torch.device,
@@ -441,6 +479,12 @@ def run(cfg: DictConfig) -> dict:
         write_csv(reports / "per_class_accuracy.csv", per_class)
         log_rows(per_class, "per_class_accuracy.json")
         log_rows(pairs, "confusion_top_pairs.json")
+        preds = scores.argmax(1)
+        tracking.log_image(confusion_picture(confusion_matrix(preds, val.labels, data.num_classes)),
+                           "confusion_matrix")
+        examples = confused_examples(val.images, val.labels, preds, data.class_names)
+        if examples is not None:
+            tracking.log_image(examples, "most_confused")
         if source == "train":
             arch = architecture(cfg.model)
             arch["num_classes"] = data.num_classes

@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.explain.building import instantiate
 from pipeline.explain.engine.objectives import Objective, check_prior_weights, with_priors
 from pipeline.explain.engine.parametrisation import GREY, Parametrisation, Pixel, parametrisation
-from pipeline.explain.engine.steps import StepRule, step_rule
+from pipeline.explain.engine.steps import StepRule, check_schedule, step_rule
 from pipeline.explain.engine.transforms import Blur, Clip, Crop, GaussianBlur, Jitter, Pad, RandomRotate, RandomScale
 from pipeline.model.precision import check_precision
 
@@ -37,10 +37,12 @@ class Regime:
     precision: str = "fp32"
     show_every: int = 0  # image snapshots to the step log every k steps (0 = none)
     parametrisation: Parametrisation = field(default_factory=Pixel)  # what the step rule moves
+    schedule: str = "constant"  # the step size over the steps: constant | cosine (engine/steps.py)
 
     def __post_init__(self):
         if int(self.steps) < 0:
             raise ConfigError(f"number of steps must be >= 0, got {self.steps}")
+        check_schedule(self.schedule)
         check_precision(self.precision)
         check_prior_weights(self.l2, self.tv)
 
@@ -52,7 +54,8 @@ class Regime:
 def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str = "none", blur_every: int = 1,
           blur_sigma: float = 0.5, l2: float = 0.0, tv: float = 0.0, precision: str = "fp32", show_every: int = 0,
           param: str = "pixel", decorrelate: bool = False, fourier_decay: float = 1.0, pad: int = 0,
-          scales: Sequence[float] = (), angles: Sequence[float] = (), center: torch.Tensor | None = None) -> Regime:
+          scales: Sequence[float] = (), angles: Sequence[float] = (), lr_schedule: str = "constant",
+          center: torch.Tensor | None = None) -> Regime:
     """The regime of the CS231n reference and its successors: the image in pixel space or a Fourier /
     decorrelated-colour basis (Olah et al. 2017); before the model pad, jitter, random scale and random
     rotation, then crop back to size; after each update clip to 0..255, then blur (every ``blur_every``
@@ -80,7 +83,7 @@ def build(*, iterations: int, step: str, lr: float, jitter: int = 0, blur: str =
         transforms.append(Crop(pad))
     return Regime(steps=int(iterations), step=step_rule(step, lr), transforms=transforms,
                   constraints=constraints, l2=float(l2), tv=float(tv), center=center, precision=precision,
-                  show_every=int(show_every),
+                  show_every=int(show_every), schedule=str(lr_schedule),
                   parametrisation=parametrisation(param, decorrelate=decorrelate, center=center, decay=fourier_decay))
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError
 from pipeline.explain.engine.objectives import Objective, Probe
+from pipeline.explain.engine.steps import scheduled
 from pipeline.model.precision import as_input, autocast
 
 if TYPE_CHECKING:  # built by the jobs (pipeline.explain.engine.regime), only read here
@@ -86,7 +87,7 @@ def optimize(model: nn.Module, init: torch.Tensor, objective: Objective, regime:
     if len(seeds) != n:
         raise ConfigError(f"{len(seeds)} seeds for {n} images")
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    update = regime.step.start(params)
+    update = scheduled(regime.step.start(params), regime.schedule, steps)
     count = torch.zeros(n, dtype=torch.long, device=x.device)
     stopped = torch.zeros(n, dtype=torch.bool, device=x.device)
     history: list[dict[str, float]] = []

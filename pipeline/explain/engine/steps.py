@@ -7,6 +7,7 @@ whatever the parametrisation optimises: (N, 3, H, W) pixels or, e.g., (N, 3, H, 
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -100,6 +101,30 @@ class Adam(StepRule):
 
 
 STEP_RULES: dict[str, type[StepRule]] = {rule.name: rule for rule in (Raw, Normalized, Scaled, Sign, Adam)}
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(name: str) -> None:
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown lr schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def scheduled(update: Update, schedule: str, steps: int) -> Update:
+    """``update`` with each image's step scaled by the schedule at that image's own count: ``cosine``
+    decays it from 1 to 0 over ``steps`` (Loshchilov & Hutter 2017), for problems with one exact
+    answer such as feature inversion, where a large early step finds it and small late ones settle it.
+    Stateful rules keep their state as without a schedule (Adam's moments see the same gradients)."""
+    check_schedule(schedule)
+    if schedule == "constant":
+        return update
+
+    def apply(x, grad, index, count):
+        factor = 0.5 * (1 + torch.cos(math.pi * count.to(x.dtype) / max(int(steps), 1)))
+        return x + per_image(factor, x) * (update(x, grad, index, count) - x)
+
+    return apply
 
 
 def step_rule(name: str, lr: float) -> StepRule:

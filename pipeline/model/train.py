@@ -364,13 +364,12 @@ def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str
         list[dict], list[dict]]:
     """(top confused pairs, per-class accuracy), rows ready for CSV."""
     n = len(names)
-    matrix = confusion_matrix(scores.argmax(1), labels, n)
+    preds = scores.argmax(1)
+    matrix = confusion_matrix(preds, labels, n)
     off = matrix.clone()
     off.fill_diagonal_(0)
-    values, flat = off.flatten().topk(min(top, n * n))
-    pairs = [{"true": names[int(f) // n], "predicted": names[int(f) % n], "count": int(v),
-              "fraction_of_true": float(v) / max(int(matrix[int(f) // n].sum()), 1)}
-             for v, f in zip(values, flat) if v > 0]
+    pairs = [{"true": names[t], "predicted": names[q], "count": c, "fraction_of_true": c / max(int(matrix[t].sum()), 1)}
+             for t, q, c, _ in most_confused(labels, preds, n, top)]
     per_class = [{"index": i, "class": names[i], "accuracy": float(matrix[i, i]) / max(int(matrix[i].sum()), 1),
                   "count": int(matrix[i].sum()),
                   "most_confused_with": names[int(off[i].argmax())] if off[i].sum() else ""} for i in range(n)]

@@ -360,11 +360,10 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, n: int) -> torch
     return matrix
 
 
-def confusion_tables(scores: torch.Tensor, labels: torch.Tensor, names: list[str], top: int = 25) -> tuple[
+def confusion_tables(preds: torch.Tensor, labels: torch.Tensor, names: list[str], top: int = 25) -> tuple[
         list[dict], list[dict]]:
-    """(top confused pairs, per-class accuracy), rows ready for CSV."""
+    """(top confused pairs, per-class accuracy) of top-1 predictions ``preds``, rows ready for CSV."""
     n = len(names)
-    preds = scores.argmax(1)
     matrix = confusion_matrix(preds, labels, n)
     off = matrix.clone()
     off.fill_diagonal_(0)
@@ -472,13 +471,13 @@ def run(cfg: DictConfig) -> dict:
         if s.get("adversarial"):
             metrics.update(robustness(model, val, s.adversarial, s.eval_batch_size, device, cfg.progress))
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
-        pairs, per_class = confusion_tables(scores, val.labels, data.class_names)
+        preds = scores.argmax(1)
+        pairs, per_class = confusion_tables(preds, val.labels, data.class_names)
         reports = Path(cfg.paths.checkpoints) / "reports"
         write_csv(reports / "confusion_top_pairs.csv", pairs)
         write_csv(reports / "per_class_accuracy.csv", per_class)
         log_rows(per_class, "per_class_accuracy.json")
         log_rows(pairs, "confusion_top_pairs.json")
-        preds = scores.argmax(1)
         tracking.log_image(confusion_picture(confusion_matrix(preds, val.labels, data.num_classes)),
                            "confusion_matrix")
         examples = confused_examples(val.images, val.labels, preds, data.class_names)
@@ -497,7 +496,7 @@ def run(cfg: DictConfig) -> dict:
         write_csv(Path(cfg.paths.plots) / "train.csv", history)
         write_csv(Path(cfg.paths.plots) / "confusion.csv", [  # DVC plot (template confusion), one row per val image
             {"actual": data.class_names[int(a)], "predicted": data.class_names[int(b)]}
-            for a, b in zip(val.labels, scores.argmax(1))])
+            for a, b in zip(val.labels, preds)])
         write_json(out_dir / "train.json", metrics)
         # Resuming is for killed runs only: a finished run must not short-cut the next one.
         (Path(cfg.paths.checkpoints) / "train_last.pt").unlink(missing_ok=True)

@@ -18,7 +18,11 @@ seed. Every figure comes from the pipeline's own jobs with their default configs
   top-1 at the training radius (from its train run);
 - ``standard_deep_psnr`` / ``robust_deep_psnr``: the inversion job's mean PSNR at the deep layer (the
   counterpart of the reference's layer 6) over ``--images`` val images spread over the classes, its
-  default settings otherwise, on each model.
+  default settings otherwise, on each model; ``deep_psnr_gap`` is robust minus standard;
+- ``deep_psnr_by_tv``: the same deep-layer inversion on both models at shared TV weights (the image
+  prior's strength, from none to 4x the default's), so the gap is not one setting's: ``deep_psnr_gap_prior_free``
+  (no prior: what the representation alone gives back), ``deep_psnr_gap_best`` (each model at its best
+  weight of the grid), ``deep_psnr_gap_min`` (the smallest gap over the weights).
 
 The robust model is trained first when ``--robust`` does not exist (``python -m pipeline.train
 experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
@@ -72,6 +76,43 @@ def run_job(name: str, out: Path, *overrides: str, reuse: bool = False) -> dict:
     metrics = importlib.import_module(JOBS[name].module).run(cfg)
     print(f"  {name} {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
     return metrics
+
+
+PRIOR_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, the shallow layer's, ..., the default's x4
+
+
+def deep_psnr_by_prior(out: Path, overrides: tuple[str, ...], images: int, weights=PRIOR_WEIGHTS,
+                       reuse: bool = False) -> list[float]:
+    """Mean deep-layer PSNR over ``images`` val images at each TV weight (the image prior's strength),
+    the inversion job's settings otherwise: every weight in one batch (the job's ``invert``, one item per
+    image and weight). How much of a reconstruction the representation gives and how much the prior:
+    at weight 0 the representation alone (as Engstrom et al. 2019 invert robust models)."""
+    done = out / "deep_psnr_by_prior.json"
+    if reuse and done.is_file():
+        print(f"  deep layer by prior {' '.join(overrides)}: reusing {done}", flush=True)
+        return json.loads(done.read_text())["psnr"]
+    import torch
+
+    from pipeline.explain.engine.regime import from_config
+    from pipeline.explain.inversion import invert, named_layer, psnr, source_images
+    from pipeline.explain.subject import load_subject
+
+    cfg = compose_config("inversion", [*overrides, "inversion.val_index=null", f"inversion.images={images}"])
+    c = cfg.inversion
+    subject = load_subject(cfg, c.device, c.precision)
+    model = subject.model
+    deep = named_layer(c.deep_layer, model, 6)
+    pictures, _, _ = source_images(subject, c, cfg.images)
+    started = time.perf_counter()
+    result, _ = invert(model, pictures, [deep] * len(weights), from_config(c.regime, center=model.mean_image.detach().cpu()),
+                       seed=cfg.seed, init_std=c.init_std, loss=c.loss, progress=False, tv_weights=list(weights))
+    recon = result.images.cpu().round().clamp(0, 255)
+    quality = psnr(recon, pictures.repeat_interleave(len(weights), 0)).view(len(pictures), len(weights))
+    means = [float(q) for q in quality.mean(0)]
+    write_json(done, {"tv": list(weights), "psnr": means, "psnr_min": [float(q) for q in quality.min(0).values],
+                      "layer": model.layer_names[deep]})
+    print(f"  deep layer by prior {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
+    return means
 
 
 def mean_metrics(runs: list[dict]) -> dict:
@@ -147,6 +188,10 @@ def main() -> None:
     inversion = ("inversion.val_index=null", f"inversion.images={args.images}", "inversion.layers=[0]")  # + shallow and deep: always
     inv_standard = job("inversion", args.out / "inversion_standard", *on_standard, *inversion)
     inv_robust = job("inversion", args.out / "inversion_robust", *on_robust, *inversion)
+    print("deep-layer inversion at shared image priors (TV weights):", flush=True)
+    by_prior = {name: deep_psnr_by_prior(args.out / f"inversion_{name}", model, args.images, reuse=args.reuse)
+                for name, model in (("standard", on_standard), ("robust", on_robust))}
+    gaps = [r - s for s, r in zip(by_prior["standard"], by_prior["robust"])]
 
     result = {
         "pixel_cross_model_top1": pixel["cross_model_top1"],
@@ -165,6 +210,12 @@ def main() -> None:
         "robust_deep_psnr": inv_robust["deep_psnr"],
         "standard_shallow_psnr": inv_standard["shallow_psnr"],
         "robust_shallow_psnr": inv_robust["shallow_psnr"],
+        "deep_psnr_gap": inv_robust["deep_psnr"] - inv_standard["deep_psnr"],
+        "deep_psnr_gap_prior_free": gaps[PRIOR_WEIGHTS.index(0.0)],
+        "deep_psnr_gap_best": max(by_prior["robust"]) - max(by_prior["standard"]),  # each model at its best weight
+        "deep_psnr_gap_min": min(gaps),  # over the shared weights
+        "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": r - s}
+                            for w, s, r in zip(PRIOR_WEIGHTS, by_prior["standard"], by_prior["robust"])},
         "pixel_cross_model_top1_min": pixel["cross_model_top1_min"],
         "fourier_cross_model_top1_min": fourier["cross_model_top1_min"],
         "robust_cross_model_top1_min": robust_viz["cross_model_top1_min"],
@@ -197,7 +248,11 @@ def main() -> None:
           f"{result['robust_pgd_accuracy']:.4f} at L2 {result['robust_pgd_eps']:g} (pixel units), trained in "
           f"{result['robust_train_minutes']:.1f} min")
     print(f"deep-layer inversion PSNR: standard {result['standard_deep_psnr']:.2f} dB, robust "
-          f"{result['robust_deep_psnr']:.2f} dB (target: +3 dB)")
+          f"{result['robust_deep_psnr']:.2f} dB at the job's defaults: {result['deep_psnr_gap']:+.2f} dB (target: +3 dB)")
+    print("  at shared TV weights (tv_scaling none): " + ", ".join(
+        f"{w}: {v['standard']:.2f} / {v['robust']:.2f} ({v['gap']:+.2f})" for w, v in result["deep_psnr_by_tv"].items()))
+    print(f"  no prior {result['deep_psnr_gap_prior_free']:+.2f} dB; each at its best weight "
+          f"{result['deep_psnr_gap_best']:+.2f} dB; smallest over the weights {result['deep_psnr_gap_min']:+.2f} dB")
     print(f"wrote {args.metrics} and {args.figure}")
 
 

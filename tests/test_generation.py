@@ -192,6 +192,27 @@ def test_inversion_job_over_val_images(subject_files, tmp_path):
     assert depth[0] == "depth,layer,psnr,psnr_min,normalized_error"
 
 
+def test_meaning_deep_layer_by_prior_is_the_inversion_job(subject_files, tmp_path):
+    """benchmarks/meaning.py's shared-prior sweep (every TV weight in one batch) gives, at each weight, the
+    deep-layer PSNR the inversion job gives with that single weight; with --reuse it reads its file back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("meaning", REPO / "benchmarks" / "meaning.py")
+    meaning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meaning)
+    base = ("inversion.iterations=6", f"paths.prepared={subject_files['prepared']}",
+            f"paths.classifier={subject_files['classifier']}")
+    weights = (0.0, 1e-4)
+    swept = meaning.deep_psnr_by_prior(tmp_path / "sweep", base, 3, weights)
+    for weight, value in zip(weights, swept):
+        job = inversion.run(job_config("inversion", subject_files, tmp_path / f"tv{weight:g}", "inversion.iterations=6",
+                                       "inversion.val_index=null", "inversion.images=3", "inversion.tv_scaling=none",
+                                       f"inversion.tv={weight}"))
+        assert value == pytest.approx(job["deep_psnr"], abs=1e-3)
+    assert swept[0] != pytest.approx(swept[1], abs=1e-3)  # the weight matters
+    assert meaning.deep_psnr_by_prior(tmp_path / "sweep", ("no.such=key",), 3, weights, reuse=True) == swept
+
+
 def test_inversion_picks_val_images_evenly_over_classes():
     labels = torch.tensor([2, 0, 1, 0, 2, 1, 3, 3])  # sorted by (label, index): 1 3 | 2 5 | 0 4 | 6 7
     assert spread_over_classes(labels, 4) == [1, 2, 0, 6]

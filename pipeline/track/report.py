@@ -184,8 +184,13 @@ def robust_section(cfg: DictConfig) -> str:
              "layer, mean over val images.</p>"]
     metrics = read_json(Path(cfg.report.meaning))
     figure = Path(cfg.report.meaning_figure)
+    by_tv = metrics.pop("deep_psnr_by_tv", None) if metrics else None
     if metrics:
         parts.append(metrics_table(metrics))
+    if by_tv:
+        parts.append("<p>Deep-layer inversion PSNR (dB) at shared TV weights: how much of the reconstruction comes "
+                     "from the representation (weight 0: none from an image prior) and how much from the prior.</p>"
+                     + comparison_table(by_tv, key="TV weight"))
     if figure.is_file():
         parts.append(f'<figure><img src="{data_uri(figure)}" alt="class visualizations, standard vs robust">'
                      f"<figcaption>{html.escape(figure.name)}: the first ten classes of each</figcaption></figure>")

@@ -22,7 +22,8 @@ seed. Every figure comes from the pipeline's own jobs with their default configs
 - ``deep_psnr_by_tv``: the same deep-layer inversion on both models at shared TV weights (the image
   prior's strength, from none to 4x the default's), so the gap is not one setting's: ``deep_psnr_gap_prior_free``
   (no prior: what the representation alone gives back), ``deep_psnr_gap_best`` (each model at its best
-  weight of the grid), ``deep_psnr_gap_min`` (the smallest gap over the weights).
+  weight of the grid), ``deep_psnr_gap_min`` (the smallest gap over the weights); per weight also the
+  worst image's gap and on how many of the images the robust model's inversion is the better one.
 
 The robust model is trained first when ``--robust`` does not exist (``python -m pipeline.train
 experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
@@ -44,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.data.cache import load_prepared  # noqa: E402
@@ -82,17 +84,15 @@ PRIOR_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, 
 
 
 def deep_psnr_by_prior(out: Path, overrides: tuple[str, ...], images: int, weights=PRIOR_WEIGHTS,
-                       reuse: bool = False) -> list[float]:
-    """Mean deep-layer PSNR over ``images`` val images at each TV weight (the image prior's strength),
+                       reuse: bool = False) -> list[list[float]]:
+    """Deep-layer PSNR of each of ``images`` val images (rows) at each TV weight (the image prior's strength),
     the inversion job's settings otherwise: every weight in one batch (the job's ``invert``, one item per
     image and weight). How much of a reconstruction the representation gives and how much the prior:
     at weight 0 the representation alone (as Engstrom et al. 2019 invert robust models)."""
     done = out / "deep_psnr_by_prior.json"
     if reuse and done.is_file():
         print(f"  deep layer by prior {' '.join(overrides)}: reusing {done}", flush=True)
-        return json.loads(done.read_text())["psnr"]
-    import torch
-
+        return json.loads(done.read_text())["psnr_per_image"]
     from pipeline.explain.engine.regime import from_config
     from pipeline.explain.inversion import invert, named_layer, psnr, source_images
     from pipeline.explain.subject import load_subject
@@ -108,11 +108,11 @@ def deep_psnr_by_prior(out: Path, overrides: tuple[str, ...], images: int, weigh
                        seed=cfg.seed, init_std=c.init_std, loss=c.loss, progress=False, tv_weights=list(weights))
     recon = result.images.cpu().round().clamp(0, 255)
     quality = psnr(recon, pictures.repeat_interleave(len(weights), 0)).view(len(pictures), len(weights))
-    means = [float(q) for q in quality.mean(0)]
-    write_json(done, {"tv": list(weights), "psnr": means, "psnr_min": [float(q) for q in quality.min(0).values],
+    write_json(done, {"tv": list(weights), "psnr": [float(q) for q in quality.mean(0)],
+                      "psnr_min": [float(q) for q in quality.min(0).values], "psnr_per_image": quality.tolist(),
                       "layer": model.layer_names[deep]})
     print(f"  deep layer by prior {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
-    return means
+    return quality.tolist()
 
 
 def mean_metrics(runs: list[dict]) -> dict:
@@ -191,7 +191,10 @@ def main() -> None:
     print("deep-layer inversion at shared image priors (TV weights):", flush=True)
     by_prior = {name: deep_psnr_by_prior(args.out / f"inversion_{name}", model, args.images, reuse=args.reuse)
                 for name, model in (("standard", on_standard), ("robust", on_robust))}
-    gaps = [r - s for s, r in zip(by_prior["standard"], by_prior["robust"])]
+    per_image = {name: torch.tensor(rows) for name, rows in by_prior.items()}  # (image, weight)
+    standard_by_tv, robust_by_tv = per_image["standard"].mean(0).tolist(), per_image["robust"].mean(0).tolist()
+    image_gaps = per_image["robust"] - per_image["standard"]
+    gaps = image_gaps.mean(0).tolist()
 
     result = {
         "pixel_cross_model_top1": pixel["cross_model_top1"],
@@ -212,10 +215,11 @@ def main() -> None:
         "robust_shallow_psnr": inv_robust["shallow_psnr"],
         "deep_psnr_gap": inv_robust["deep_psnr"] - inv_standard["deep_psnr"],
         "deep_psnr_gap_prior_free": gaps[PRIOR_WEIGHTS.index(0.0)],
-        "deep_psnr_gap_best": max(by_prior["robust"]) - max(by_prior["standard"]),  # each model at its best weight
+        "deep_psnr_gap_best": max(robust_by_tv) - max(standard_by_tv),  # each model at its best weight
         "deep_psnr_gap_min": min(gaps),  # over the shared weights
-        "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": r - s}
-                            for w, s, r in zip(PRIOR_WEIGHTS, by_prior["standard"], by_prior["robust"])},
+        "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": r - s, "gap_worst_image": float(g.min()),
+                                       "robust_better_images": int((g > 0).sum())}
+                            for w, s, r, g in zip(PRIOR_WEIGHTS, standard_by_tv, robust_by_tv, image_gaps.T)},
         "pixel_cross_model_top1_min": pixel["cross_model_top1_min"],
         "fourier_cross_model_top1_min": fourier["cross_model_top1_min"],
         "robust_cross_model_top1_min": robust_viz["cross_model_top1_min"],

@@ -203,14 +203,16 @@ def test_meaning_deep_layer_by_prior_is_the_inversion_job(subject_files, tmp_pat
     base = ("inversion.iterations=6", f"paths.prepared={subject_files['prepared']}",
             f"paths.classifier={subject_files['classifier']}")
     weights = (0.0, 1e-4)
-    swept = meaning.deep_psnr_by_prior(tmp_path / "sweep", base, 3, weights)
+    per_image = meaning.deep_psnr_by_prior(tmp_path / "sweep", base, 3, weights)
+    assert len(per_image) == 3 and all(len(row) == len(weights) for row in per_image)
+    swept = torch.tensor(per_image).mean(0).tolist()
     for weight, value in zip(weights, swept):
         job = inversion.run(job_config("inversion", subject_files, tmp_path / f"tv{weight:g}", "inversion.iterations=6",
                                        "inversion.val_index=null", "inversion.images=3", "inversion.tv_scaling=none",
                                        f"inversion.tv={weight}"))
         assert value == pytest.approx(job["deep_psnr"], abs=1e-3)
     assert swept[0] != pytest.approx(swept[1], abs=1e-3)  # the weight matters
-    assert meaning.deep_psnr_by_prior(tmp_path / "sweep", ("no.such=key",), 3, weights, reuse=True) == swept
+    assert meaning.deep_psnr_by_prior(tmp_path / "sweep", ("no.such=key",), 3, weights, reuse=True) == per_image
 
 
 def test_inversion_picks_val_images_evenly_over_classes():

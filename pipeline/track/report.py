@@ -187,8 +187,9 @@ def robust_section(cfg: DictConfig) -> str:
     by_tv = metrics.pop("deep_psnr_by_tv", None) if metrics else None
     if metrics:
         parts.append(metrics_table(metrics))
-    if by_tv:  # JSON files keep keys sorted as text: rows by weight, columns standard, robust, gap
-        by_tv = {w: {c: row.get(c) for c in ("standard", "robust", "gap")}
+    if by_tv:  # JSON files keep keys sorted as text: rows by weight, the models' columns first
+        columns = ("standard", "robust", "gap", "gap_worst_image", "robust_better_images")
+        by_tv = {w: {c: row[c] for c in columns if c in row}
                  for w, row in sorted(by_tv.items(), key=lambda item: float(item[0]))}
         parts.append("<p>Deep-layer inversion PSNR (dB) at shared TV weights: how much of the reconstruction comes "
                      "from the representation (weight 0: none from an image prior) and how much from the prior.</p>"

@@ -80,19 +80,21 @@ def run_job(name: str, out: Path, *overrides: str, reuse: bool = False) -> dict:
     return metrics
 
 
-PRIOR_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, the shallow layer's, ..., the default's x4
+TV_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, the shallow layer's, ..., the default's x4
 
 
-def deep_psnr_by_prior(out: Path, overrides: tuple[str, ...], images: int, weights=PRIOR_WEIGHTS,
+def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int, weights=TV_WEIGHTS,
                        reuse: bool = False) -> list[list[float]]:
     """Deep-layer PSNR of each of ``images`` val images (rows) at each TV weight (the image prior's strength),
     the inversion job's settings otherwise: every weight in one batch (the job's ``invert``, one item per
     image and weight). How much of a reconstruction the representation gives and how much the prior:
     at weight 0 the representation alone (as Engstrom et al. 2019 invert robust models)."""
-    done = out / "deep_psnr_by_prior.json"
+    done = out / "deep_psnr_by_tv.json"
     if reuse and done.is_file():
-        print(f"  deep layer by prior {' '.join(overrides)}: reusing {done}", flush=True)
-        return json.loads(done.read_text())["psnr_per_image"]
+        saved = json.loads(done.read_text())
+        if saved["tv"] == list(weights) and len(saved["psnr_per_image"]) == images:  # else: measure again
+            print(f"  deep layer by TV weight {' '.join(overrides)}: reusing {done}", flush=True)
+            return saved["psnr_per_image"]
     from pipeline.explain.engine.regime import from_config
     from pipeline.explain.inversion import invert, named_layer, psnr, source_images
     from pipeline.explain.subject import load_subject
@@ -111,7 +113,7 @@ def deep_psnr_by_prior(out: Path, overrides: tuple[str, ...], images: int, weigh
     write_json(done, {"tv": list(weights), "psnr": [float(q) for q in quality.mean(0)],
                       "psnr_min": [float(q) for q in quality.min(0).values], "psnr_per_image": quality.tolist(),
                       "layer": model.layer_names[deep]})
-    print(f"  deep layer by prior {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"  deep layer by TV weight {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
     return quality.tolist()
 
 
@@ -189,9 +191,8 @@ def main() -> None:
     inv_standard = job("inversion", args.out / "inversion_standard", *on_standard, *inversion)
     inv_robust = job("inversion", args.out / "inversion_robust", *on_robust, *inversion)
     print("deep-layer inversion at shared image priors (TV weights):", flush=True)
-    by_prior = {name: deep_psnr_by_prior(args.out / f"inversion_{name}", model, args.images, reuse=args.reuse)
-                for name, model in (("standard", on_standard), ("robust", on_robust))}
-    per_image = {name: torch.tensor(rows) for name, rows in by_prior.items()}  # (image, weight)
+    per_image = {name: torch.tensor(deep_psnr_by_tv(args.out / f"inversion_{name}", model, args.images, reuse=args.reuse))
+                 for name, model in (("standard", on_standard), ("robust", on_robust))}  # (image, weight)
     standard_by_tv, robust_by_tv = per_image["standard"].mean(0).tolist(), per_image["robust"].mean(0).tolist()
     image_gaps = per_image["robust"] - per_image["standard"]
     gaps = image_gaps.mean(0).tolist()
@@ -214,12 +215,12 @@ def main() -> None:
         "standard_shallow_psnr": inv_standard["shallow_psnr"],
         "robust_shallow_psnr": inv_robust["shallow_psnr"],
         "deep_psnr_gap": inv_robust["deep_psnr"] - inv_standard["deep_psnr"],
-        "deep_psnr_gap_prior_free": gaps[PRIOR_WEIGHTS.index(0.0)],
+        "deep_psnr_gap_prior_free": gaps[TV_WEIGHTS.index(0.0)],
         "deep_psnr_gap_best": max(robust_by_tv) - max(standard_by_tv),  # each model at its best weight
         "deep_psnr_gap_min": min(gaps),  # over the shared weights
-        "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": r - s, "gap_worst_image": float(g.min()),
+        "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": gap, "gap_worst_image": float(g.min()),
                                        "robust_better_images": int((g > 0).sum())}
-                            for w, s, r, g in zip(PRIOR_WEIGHTS, standard_by_tv, robust_by_tv, image_gaps.T)},
+                            for w, s, r, gap, g in zip(TV_WEIGHTS, standard_by_tv, robust_by_tv, gaps, image_gaps.T)},
         "pixel_cross_model_top1_min": pixel["cross_model_top1_min"],
         "fourier_cross_model_top1_min": fourier["cross_model_top1_min"],
         "robust_cross_model_top1_min": robust_viz["cross_model_top1_min"],

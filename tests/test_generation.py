@@ -192,7 +192,7 @@ def test_inversion_job_over_val_images(subject_files, tmp_path):
     assert depth[0] == "depth,layer,psnr,psnr_min,normalized_error"
 
 
-def test_meaning_deep_layer_by_prior_is_the_inversion_job(subject_files, tmp_path):
+def test_meaning_deep_layer_by_tv_is_the_inversion_job(subject_files, tmp_path):
     """benchmarks/meaning.py's shared-prior sweep (every TV weight in one batch) gives, at each weight, the
     deep-layer PSNR the inversion job gives with that single weight; with --reuse it reads its file back."""
     import importlib.util
@@ -203,16 +203,19 @@ def test_meaning_deep_layer_by_prior_is_the_inversion_job(subject_files, tmp_pat
     base = ("inversion.iterations=6", f"paths.prepared={subject_files['prepared']}",
             f"paths.classifier={subject_files['classifier']}")
     weights = (0.0, 1e-4)
-    per_image = meaning.deep_psnr_by_prior(tmp_path / "sweep", base, 3, weights)
+    per_image = meaning.deep_psnr_by_tv(tmp_path / "sweep", base, 3, weights)
     assert len(per_image) == 3 and all(len(row) == len(weights) for row in per_image)
-    swept = torch.tensor(per_image).mean(0).tolist()
-    for weight, value in zip(weights, swept):
+    swept, worst = torch.tensor(per_image).mean(0).tolist(), torch.tensor(per_image).min(0).values.tolist()
+    for weight, value, low in zip(weights, swept, worst):
         job = inversion.run(job_config("inversion", subject_files, tmp_path / f"tv{weight:g}", "inversion.iterations=6",
                                        "inversion.val_index=null", "inversion.images=3", "inversion.tv_scaling=none",
                                        f"inversion.tv={weight}"))
-        assert value == pytest.approx(job["deep_psnr"], abs=1e-3)
+        assert value == pytest.approx(job["deep_psnr"], abs=1e-3) and low == pytest.approx(job["deep_psnr_min"], abs=1e-3)
     assert swept[0] != pytest.approx(swept[1], abs=1e-3)  # the weight matters
-    assert meaning.deep_psnr_by_prior(tmp_path / "sweep", ("no.such=key",), 3, weights, reuse=True) == per_image
+    assert meaning.deep_psnr_by_tv(tmp_path / "sweep", ("no.such=key",), 3, weights, reuse=True) == per_image
+    other = meaning.deep_psnr_by_tv(tmp_path / "sweep", base, 3, (0.0, 1e-2), reuse=True)  # not the saved weights:
+    assert json.loads((tmp_path / "sweep" / "deep_psnr_by_tv.json").read_text())["tv"] == [0.0, 1e-2]  # measured again
+    assert [row[0] for row in other] == pytest.approx([row[0] for row in per_image], abs=1e-3)
 
 
 def test_inversion_picks_val_images_evenly_over_classes():

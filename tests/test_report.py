@@ -41,16 +41,19 @@ def test_standard_vs_robust_section_shows_the_benchmark(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "meaning.json").write_text(
         '{"robust_cross_model_top1": 0.31, "pixel_cross_model_top1": 0.02, '
-        '"deep_psnr_by_tv": {"5e-10": {"gap": 4.59, "robust": 16.53, "standard": 11.94}, '
-        '"0": {"gap": 5.28, "robust": 14.05, "standard": 8.77}}}')  # as write_json sorts them
+        '"deep_psnr_by_tv": {"5e-10": {"gap": 4.59, "gap_worst_image": -0.03, "robust": 16.53, '
+        '"robust_better_images": 15, "standard": 11.94}, "0": {"gap": 5.28, "gap_worst_image": 1.25, '
+        '"robust": 14.05, "robust_better_images": 16, "standard": 8.77}}}')  # as write_json sorts them
     Image.new("RGB", (40, 20), "red").save(tmp_path / "meaning.png")
     cfg = OmegaConf.create({"report": {"meaning": str(tmp_path / "metrics" / "meaning.json"),
                                        "meaning_figure": str(tmp_path / "meaning.png")}})
     section = report.robust_section(cfg)
     assert "robust_cross_model_top1" in section and "0.31" in section and section.count("data:image/png") == 1
-    assert "<th>TV weight</th><th>standard</th><th>robust</th><th>gap</th>" in section  # a table, not a dict's repr
+    assert ("<th>TV weight</th><th>standard</th><th>robust</th><th>gap</th><th>gap worst image</th>"
+            "<th>robust better images</th></tr>") in section  # a table, not a dict's repr
     rows = section.split("<table")[2]
-    assert rows.index("<td>0</td><td>8.77</td><td>14.05</td><td>5.28</td>") < rows.index("<td>5e-10</td>")
+    assert rows.index("<td>0</td><td>8.77</td><td>14.05</td><td>5.28</td><td>1.25</td><td>16</td>") < rows.index(
+        "<td>5e-10</td>")
     assert "{" not in rows
 
 

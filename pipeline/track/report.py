@@ -192,7 +192,8 @@ def robust_section(cfg: DictConfig) -> str:
         by_tv = {w: {c: row[c] for c in columns if c in row}
                  for w, row in sorted(by_tv.items(), key=lambda item: float(item[0]))}
         parts.append("<p>Deep-layer inversion PSNR (dB) at shared TV weights: how much of the reconstruction comes "
-                     "from the representation (weight 0: none from an image prior) and how much from the prior.</p>"
+                     "from the representation (weight 0: none from an image prior) and how much from the prior; "
+                     "the worst image's gap (dB) and on how many of the val images the robust model's is better.</p>"
                      + comparison_table(by_tv, key="TV weight"))
     if figure.is_file():
         parts.append(f'<figure><img src="{data_uri(figure)}" alt="class visualizations, standard vs robust">'

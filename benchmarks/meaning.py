@@ -84,7 +84,7 @@ TV_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, the
 
 
 def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int, weights=TV_WEIGHTS,
-                       reuse: bool = False) -> list[list[float]]:
+                    reuse: bool = False) -> list[list[float]]:
     """Deep-layer PSNR of each of ``images`` val images (rows) at each TV weight (the image prior's strength),
     the inversion job's settings otherwise: every weight in one batch (the job's ``invert``, one item per
     image and weight). How much of a reconstruction the representation gives and how much the prior:

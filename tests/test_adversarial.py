@@ -68,6 +68,19 @@ def test_robust_training_reports_pgd_accuracy_and_is_deterministic(prepared, tmp
     assert model.num_classes == 4
 
 
+def test_robust_experiment_registers_its_own_model(prepared, tmp_path):  # noqa: F811
+    """experiment=robust registers under its own name, so models:/tinyimagenet-classifier stays the standard model."""
+    import mlflow
+
+    train.run(job_cfg(prepared, tmp_path, "experiment=robust", "train.adversarial.eval_images=4",
+                      "train.adversarial.eval_steps=1"))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [m.name for m in client.search_registered_models()] == ["tinyimagenet-classifier-robust"]
+    run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+    assert run.data.tags["model_uri"] == "models:/tinyimagenet-classifier-robust/1"
+    assert run.data.tags["experiment"] == "robust"
+
+
 def _standard(prepared, tmp_path):  # noqa: F811
     train.run(job_cfg(prepared, tmp_path / "standard"))
     return tmp_path / "standard" / "models" / "classifier.pt"

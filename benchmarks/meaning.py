@@ -23,7 +23,11 @@ seed. Every figure comes from the pipeline's own jobs with their default configs
   prior's strength, from none to 4x the default's), so the gap is not one setting's: ``deep_psnr_gap_prior_free``
   (no prior: what the representation alone gives back), ``deep_psnr_gap_best`` (each model at its best
   weight of the grid), ``deep_psnr_gap_min`` (the smallest gap over the weights); per weight also the
-  worst image's gap and on how many of the images the robust model's inversion is the better one.
+  worst image's gap and on how many of the images the robust model's inversion is the better one;
+  ``deep_psnr_gap_best_heldout``: each model at the weight it did best with, on as many other val images
+  (halfway between those, ``heldout_val_indices``), so the choice is not tuned to the images it is scored on;
+  ``deep_psnr_gap_both_sets``: the gap per weight over both sets of images (two 16-image sets differ by
+  up to 0.8 dB).
 
 The robust model is trained first when ``--robust`` does not exist (``python -m pipeline.train
 experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
@@ -55,11 +59,12 @@ from pipeline.registry import JOBS  # noqa: E402
 from pipeline.track import figures  # noqa: E402
 
 
-def train_robust(path: Path) -> None:
-    """The robust classifier, trained by the pipeline's own train job next to ``path``."""
+def train_robust(path: Path, overrides: list[str]) -> None:
+    """The robust classifier, trained by the pipeline's own train job next to ``path`` (``overrides``:
+    another recipe, e.g. ``train.adversarial.steps=2``)."""
     home = path.parent
     command = [sys.executable, "-m", "pipeline.train", "experiment=robust", f"paths.classifier={path}",
-               f"paths.metrics={home}/metrics", f"paths.plots={home}/plots", f"paths.checkpoints={home}"]
+               f"paths.metrics={home}/metrics", f"paths.plots={home}/plots", f"paths.checkpoints={home}", *overrides]
     print("training the robust classifier:", " ".join(command), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
 
@@ -83,23 +88,26 @@ def run_job(name: str, out: Path, *overrides: str, reuse: bool = False) -> dict:
 TV_WEIGHTS = (0.0, 5e-10, 2e-9, 8e-9, 3.2e-8)  # TV at the deep layer: none, the shallow layer's, ..., the default's x4
 
 
-def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int, weights=TV_WEIGHTS,
+def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int | list[int], weights=TV_WEIGHTS,
                     reuse: bool = False) -> list[list[float]]:
-    """Deep-layer PSNR of each of ``images`` val images (rows) at each TV weight (the image prior's strength),
-    the inversion job's settings otherwise: every weight in one batch (the job's ``invert``, one item per
-    image and weight). How much of a reconstruction the representation gives and how much the prior:
-    at weight 0 the representation alone (as Engstrom et al. 2019 invert robust models)."""
+    """Deep-layer PSNR of each of ``images`` val images (a count spread over the classes, or val indices;
+    rows) at each TV weight (the image prior's strength), the inversion job's settings otherwise: every
+    weight in one batch (the job's ``invert``, one item per image and weight). How much of a
+    reconstruction the representation gives and how much the prior: at weight 0 the representation
+    alone (as Engstrom et al. 2019 invert robust models)."""
     done = out / "deep_psnr_by_tv.json"
+    count = len(images) if isinstance(images, list) else images
     if reuse and done.is_file():
         saved = json.loads(done.read_text())
-        if saved["tv"] == list(weights) and len(saved["psnr_per_image"]) == images:  # else: measure again
+        if saved["tv"] == list(weights) and len(saved["psnr_per_image"]) == count:  # else: measure again
             print(f"  deep layer by TV weight {' '.join(overrides)}: reusing {done}", flush=True)
             return saved["psnr_per_image"]
     from pipeline.explain.engine.regime import from_config
     from pipeline.explain.inversion import invert, named_layer, psnr, source_images
     from pipeline.explain.subject import load_subject
 
-    cfg = compose_config("inversion", [*overrides, "inversion.val_index=null", f"inversion.images={images}"])
+    spec = f"[{','.join(str(i) for i in images)}]" if isinstance(images, list) else images
+    cfg = compose_config("inversion", [*overrides, "inversion.val_index=null", f"inversion.images={spec}"])
     c = cfg.inversion
     subject = load_subject(cfg, c.device, c.precision)
     model = subject.model
@@ -115,6 +123,14 @@ def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int, weights=
                       "layer": model.layer_names[deep]})
     print(f"  deep layer by TV weight {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
     return quality.tolist()
+
+
+def between(labels: list[int], n: int) -> list[int]:
+    """``n`` val indices halfway between the ``n`` the inversion job spreads over the classes
+    (``spread_over_classes``): other images, mostly of other classes, to check a TV weight chosen on those."""
+    order = sorted(range(len(labels)), key=lambda i: (labels[i], i))
+    n = min(int(n), len(order) // 2)
+    return [order[k * len(order) // n + len(order) // (2 * n)] for k in range(n)]
 
 
 def mean_metrics(runs: list[dict]) -> dict:
@@ -160,13 +176,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3,
                         help="class_viz runs per setting, seeds 0..N-1 (N x 100 images; figures are means, *_min the worst seed)")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already under --out (same code only)")
+    parser.add_argument("--train", action="append", default=[], metavar="OVERRIDE",
+                        help="an override for training the robust model when --robust is missing (repeatable), "
+                             "e.g. --train train.adversarial.eps=510 --train train.adversarial.steps=2")
     parser.add_argument("--only", choices=["class_viz"], help="stop after the class visualizations (no metrics file)")
     args = parser.parse_args()
     robust, standard = args.robust.resolve(), args.standard.resolve()
     if not standard.is_file():
         sys.exit(f"{standard}: no standard classifier (run dvc repro train first)")
     if not robust.is_file():
-        train_robust(robust)
+        train_robust(robust, args.train)
     robust_train = json.loads((robust.parent / "metrics" / "train.json").read_text())
 
     on_standard = (f"paths.classifier={standard}",)
@@ -196,6 +215,16 @@ def main() -> None:
     standard_by_tv, robust_by_tv = per_image["standard"].mean(0).tolist(), per_image["robust"].mean(0).tolist()
     image_gaps = per_image["robust"] - per_image["standard"]
     gaps = image_gaps.mean(0).tolist()
+    print("the same on as many other val images (each model's best weight above, checked):", flush=True)
+    data = load_prepared(compose_config("config").paths.prepared)
+    other_images = between([int(label) for label in data.split("val").labels.tolist()], args.images)
+    other_per_image = {name: torch.tensor(deep_psnr_by_tv(args.out / f"inversion_{name}_heldout", model, other_images,
+                                                          reuse=args.reuse))
+                       for name, model in (("standard", on_standard), ("robust", on_robust))}
+    heldout = {name: rows.mean(0).tolist() for name, rows in other_per_image.items()}
+    both_sets = torch.cat([image_gaps, other_per_image["robust"] - other_per_image["standard"]]).mean(0).tolist()
+    best = {name: max(range(len(TV_WEIGHTS)), key=by_tv.__getitem__)
+            for name, by_tv in (("standard", standard_by_tv), ("robust", robust_by_tv))}
 
     result = {
         "pixel_cross_model_top1": pixel["cross_model_top1"],
@@ -218,6 +247,11 @@ def main() -> None:
         "deep_psnr_gap_prior_free": gaps[TV_WEIGHTS.index(0.0)],
         "deep_psnr_gap_best": max(robust_by_tv) - max(standard_by_tv),  # each model at its best weight
         "deep_psnr_gap_min": min(gaps),  # over the shared weights
+        "deep_psnr_gap_best_heldout": heldout["robust"][best["robust"]] - heldout["standard"][best["standard"]],
+        "deep_psnr_by_tv_heldout": {f"{w:g}": {"standard": s, "robust": r, "gap": r - s}
+                                    for w, s, r in zip(TV_WEIGHTS, heldout["standard"], heldout["robust"])},
+        "heldout_val_indices": other_images,
+        "deep_psnr_gap_both_sets": {f"{w:g}": gap for w, gap in zip(TV_WEIGHTS, both_sets)},  # 2 x --images images
         "deep_psnr_by_tv": {f"{w:g}": {"standard": s, "robust": r, "gap": gap, "gap_worst_image": float(g.min()),
                                        "robust_better_images": int((g > 0).sum())}
                             for w, s, r, gap, g in zip(TV_WEIGHTS, standard_by_tv, robust_by_tv, gaps, image_gaps.T)},
@@ -232,7 +266,7 @@ def main() -> None:
         "num_images": inv_standard["num_images"],
     }
     write_json(args.metrics, result)
-    names = load_prepared(compose_config("config").paths.prepared).class_names
+    names = data.class_names
     side_by_side({"standard model, pixel space (default)": args.out / "pixel",
                             "standard model, class_viz=fourier": args.out / "fourier",
                             "robust model, pixel space (default)": args.out / "robust",
@@ -258,6 +292,12 @@ def main() -> None:
         f"{w}: {v['standard']:.2f} / {v['robust']:.2f} ({v['gap']:+.2f})" for w, v in result["deep_psnr_by_tv"].items()))
     print(f"  no prior {result['deep_psnr_gap_prior_free']:+.2f} dB; each at its best weight "
           f"{result['deep_psnr_gap_best']:+.2f} dB; smallest over the weights {result['deep_psnr_gap_min']:+.2f} dB")
+    print(f"  on {len(other_images)} other val images, each at the weight chosen above "
+          f"({TV_WEIGHTS[best['standard']]:g} / {TV_WEIGHTS[best['robust']]:g}): "
+          f"{result['deep_psnr_gap_best_heldout']:+.2f} dB; per weight: " + ", ".join(
+              f"{w}: {v['gap']:+.2f}" for w, v in result["deep_psnr_by_tv_heldout"].items()))
+    print(f"  over both sets ({2 * len(other_images)} images) per weight: " + ", ".join(
+        f"{w}: {gap:+.2f}" for w, gap in result["deep_psnr_gap_both_sets"].items()))
     print(f"wrote {args.metrics} and {args.figure}")
 
 

@@ -43,18 +43,24 @@ def test_standard_vs_robust_section_shows_the_benchmark(tmp_path):
         '{"robust_cross_model_top1": 0.31, "pixel_cross_model_top1": 0.02, '
         '"deep_psnr_by_tv": {"5e-10": {"gap": 4.59, "gap_worst_image": -0.03, "robust": 16.53, '
         '"robust_better_images": 15, "standard": 11.94}, "0": {"gap": 5.28, "gap_worst_image": 1.25, '
-        '"robust": 14.05, "robust_better_images": 16, "standard": 8.77}}}')  # as write_json sorts them
+        '"robust": 14.05, "robust_better_images": 16, "standard": 8.77}}, '
+        '"deep_psnr_by_tv_heldout": {"0": {"gap": 5.54, "robust": 14.15, "standard": 8.61}}, '
+        '"deep_psnr_gap_both_sets": {"0": 5.41, "5e-10": 4.91}, "heldout_val_indices": [3, 7]}')  # as write_json sorts them
     Image.new("RGB", (40, 20), "red").save(tmp_path / "meaning.png")
     cfg = OmegaConf.create({"report": {"meaning": str(tmp_path / "metrics" / "meaning.json"),
                                        "meaning_figure": str(tmp_path / "meaning.png")}})
     section = report.robust_section(cfg)
     assert "robust_cross_model_top1" in section and "0.31" in section and section.count("data:image/png") == 1
     assert ("<th>TV weight</th><th>standard</th><th>robust</th><th>gap</th><th>gap worst image</th>"
-            "<th>robust better images</th></tr>") in section  # a table, not a dict's repr
+            "<th>robust better images</th><th>held-out standard</th>") in section  # a table, not a dict's repr
     rows = section.split("<table")[2]
     assert rows.index("<td>0</td><td>8.77</td><td>14.05</td><td>5.28</td><td>1.25</td><td>16</td>") < rows.index(
         "<td>5e-10</td>")
     assert "{" not in rows
+    assert "<th>held-out gap</th><th>gap, both sets</th>" in rows and "on 2 other val images" in section
+    assert "<td>14.05</td><td>5.28</td><td>1.25</td><td>16</td><td>8.61</td><td>14.15</td><td>5.54</td><td>5.41</td>" in rows
+    assert "<td>5e-10</td><td>11.94</td><td>16.53</td><td>4.59</td><td>-0.03</td><td>15</td><td>-</td><td>-</td><td>-</td><td>4.91</td>" in rows
+    assert "heldout_val_indices" not in section  # folded into the TV table, not dumped as a list
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -184,17 +184,23 @@ def robust_section(cfg: DictConfig) -> str:
              "layer, mean over val images.</p>"]
     metrics = read_json(Path(cfg.report.meaning))
     figure = Path(cfg.report.meaning_figure)
-    by_tv = metrics.pop("deep_psnr_by_tv", None) if metrics else None
+    metrics = metrics or {}
+    by_tv = metrics.pop("deep_psnr_by_tv", None)
+    heldout, both = metrics.pop("deep_psnr_by_tv_heldout", {}), metrics.pop("deep_psnr_gap_both_sets", {})
+    heldout_images = len(metrics.pop("heldout_val_indices", []))
     if metrics:
         parts.append(metrics_table(metrics))
     if by_tv:  # JSON files keep keys sorted as text: rows by weight, the models' columns first
         columns = ("standard", "robust", "gap", "gap_worst_image", "robust_better_images")
-        by_tv = {w: {c: row[c] for c in columns if c in row}
+        by_tv = {w: {**{c: row[c] for c in columns if c in row},
+                     **{f"held-out {c}": heldout[w][c] for c in ("standard", "robust", "gap") if c in heldout.get(w, {})},
+                     **({"gap, both sets": both[w]} if w in both else {})}
                  for w, row in sorted(by_tv.items(), key=lambda item: float(item[0]))}
         parts.append("<p>Deep-layer inversion PSNR (dB) at shared TV weights: how much of the reconstruction comes "
                      "from the representation (weight 0: none from an image prior) and how much from the prior; "
-                     "the worst image's gap (dB) and on how many of the val images the robust model's is better.</p>"
-                     + comparison_table(by_tv, key="TV weight"))
+                     "the worst image's gap (dB) and on how many of the val images the robust model's is better"
+                     + (f"; held-out: the same on {heldout_images} other val images, and the gap over both sets"
+                        if heldout else "") + ".</p>" + comparison_table(by_tv, key="TV weight"))
     if figure.is_file():
         parts.append(f'<figure><img src="{data_uri(figure)}" alt="class visualizations, standard vs robust">'
                      f"<figcaption>{html.escape(figure.name)}: the first ten classes of each</figcaption></figure>")

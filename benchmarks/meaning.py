@@ -26,11 +26,11 @@ seed. Every figure comes from the pipeline's own jobs with their default configs
   worst image's gap and on how many of the images the robust model's inversion is the better one;
   ``deep_psnr_gap_best_heldout``: each model at the weight it did best with, on as many other val images
   (halfway between those, ``heldout_val_indices``), so the choice is not tuned to the images it is scored on;
-  ``deep_psnr_gap_both_sets``: the gap per weight over both sets of images (two 16-image sets differ by
-  up to 0.8 dB).
+  and ``deep_psnr_by_tv_heldout`` (both models per weight on those images); ``deep_psnr_gap_both_sets``:
+  the gap per weight over both sets of images.
 
 The robust model is trained first when ``--robust`` does not exist (``python -m pipeline.train
-experiment=robust``, about 50 min on 2 cores). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
+experiment=robust``, about 50 min on 2 cores; ``--train OVERRIDE``, repeatable: another recipe). Writes ``metrics/meaning.json`` and ``docs/meaning.png``.
 
     python benchmarks/meaning.py [--robust checkpoints/robust/classifier.pt] [--classes all]
 """

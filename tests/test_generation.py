@@ -1,5 +1,6 @@
 """Image generation jobs: class visualization, feature inversion and DeepDream."""
 
+import copy
 import io
 import json
 
@@ -234,15 +235,19 @@ def test_inversion_picks_val_images_evenly_over_classes():
 
 def test_inversion_batch_equals_one_image_at_a_time(model):
     """Every (image, layer) is an independent item: the batch of three images gives what three single-image
-    runs give (item seeds and noise depend on the image's position, so run k alone with seed + k)."""
+    runs give (item seeds and noise depend on the image's position, so run k alone with seed + k). In fp64:
+    in fp32 the convolutions round differently at batch 6 and 2, and Adam's first step, lr * sign(gradient),
+    turns a rounding-level gradient near 0 into a whole step (measured: 0.08 to 0.36 of 255 on 7 of 20 random
+    images, <= 2e-3 on the rest), which would hide a real mix-up between items."""
+    model = copy.deepcopy(model).double()
     regime = regime_for("inversion", model, iterations=6, lr=4.0, tv=1e-9, jitter=2)
-    images = torch.rand(3, 3, 64, 64) * 255
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 255
     weights = [1e-9, 4e-9]
     batched, errors = inversion.invert(model, images, [0, 1], regime, seed=5, init_std=10.0, tv_weights=weights)
     for k in range(3):
         single, single_errors = inversion.invert(model, images[k], [0, 1], regime, seed=5 + k, init_std=10.0,
                                                  tv_weights=weights)
-        assert torch.allclose(batched.images[2 * k:2 * k + 2], single.images, atol=1e-3)
+        assert torch.allclose(batched.images[2 * k:2 * k + 2], single.images, atol=1e-4)
         assert errors[2 * k:2 * k + 2] == pytest.approx(single_errors, rel=1e-3, abs=1e-6)
 
 

@@ -99,7 +99,9 @@ def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int | list[in
     count = len(images) if isinstance(images, list) else images
     if reuse and done.is_file():
         saved = json.loads(done.read_text())
-        if saved["tv"] == list(weights) and len(saved["psnr_per_image"]) == count:  # else: measure again
+        same_images = len(saved["psnr_per_image"]) == count and (
+            not isinstance(images, list) or saved.get("val_indices") == images)
+        if saved["tv"] == list(weights) and same_images:  # else: measure again
             print(f"  deep layer by TV weight {' '.join(overrides)}: reusing {done}", flush=True)
             return saved["psnr_per_image"]
     from pipeline.explain.engine.regime import from_config
@@ -112,7 +114,7 @@ def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int | list[in
     subject = load_subject(cfg, c.device, c.precision)
     model = subject.model
     deep = named_layer(c.deep_layer, model, 6)
-    pictures, _, _ = source_images(subject, c, cfg.images)
+    pictures, _, indices = source_images(subject, c, cfg.images)
     started = time.perf_counter()
     result, _ = invert(model, pictures, [deep] * len(weights), from_config(c.regime, center=model.mean_image.detach().cpu()),
                        seed=cfg.seed, init_std=c.init_std, loss=c.loss, progress=False, tv_weights=list(weights))
@@ -120,7 +122,7 @@ def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int | list[in
     quality = psnr(recon, pictures.repeat_interleave(len(weights), 0)).view(len(pictures), len(weights))
     write_json(done, {"tv": list(weights), "psnr": [float(q) for q in quality.mean(0)],
                       "psnr_min": [float(q) for q in quality.min(0).values], "psnr_per_image": quality.tolist(),
-                      "layer": model.layer_names[deep]})
+                      "layer": model.layer_names[deep], "val_indices": indices})
     print(f"  deep layer by TV weight {' '.join(overrides)}: {time.perf_counter() - started:.0f} s", flush=True)
     return quality.tolist()
 

@@ -224,6 +224,8 @@ def test_meaning_deep_layer_by_tv_is_the_inversion_job(subject_files, tmp_path):
     assert torch.allclose(torch.tensor(listed), torch.tensor(per_image), atol=1e-3)
     others = meaning.between(labels, 3)  # the held-out images: as many, none of the chosen ones
     assert len(set(others)) == 3 and not set(others) & set(chosen)
+    meaning.deep_psnr_by_tv(tmp_path / "listed", base, others, weights, reuse=True)  # other images: measured again
+    assert json.loads((tmp_path / "listed" / "deep_psnr_by_tv.json").read_text())["val_indices"] == others
 
 
 def test_inversion_picks_val_images_evenly_over_classes():

@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.data.cache import load_prepared  # noqa: E402
+from pipeline.data.selection import spread_over_classes  # noqa: E402
 from pipeline.files import atomic_path, write_json  # noqa: E402
 from pipeline.job import compose_config  # noqa: E402
 from pipeline.registry import JOBS  # noqa: E402
@@ -127,12 +128,11 @@ def deep_psnr_by_tv(out: Path, overrides: tuple[str, ...], images: int | list[in
     return quality.tolist()
 
 
-def between(labels: list[int], n: int) -> list[int]:
-    """``n`` val indices halfway between the ``n`` the inversion job spreads over the classes
-    (``spread_over_classes``): other images, mostly of other classes, to check a TV weight chosen on those."""
-    order = sorted(range(len(labels)), key=lambda i: (labels[i], i))
-    n = min(int(n), len(order) // 2)
-    return [order[k * len(order) // n + len(order) // (2 * n)] for k in range(n)]
+def between(labels: torch.Tensor, n: int) -> list[int]:
+    """``n`` val indices halfway between the ``n`` the inversion job spreads over the classes: other images,
+    mostly of other classes, to check a TV weight chosen on those (``spread_over_classes(labels, n)`` is
+    every other one of ``spread_over_classes(labels, 2 n)``; these are the rest)."""
+    return spread_over_classes(labels, 2 * min(int(n), len(labels) // 2))[1::2]
 
 
 def mean_metrics(runs: list[dict]) -> dict:
@@ -219,7 +219,7 @@ def main() -> None:
     gaps = image_gaps.mean(0).tolist()
     print("the same on as many other val images (each model's best weight above, checked):", flush=True)
     data = load_prepared(compose_config("config").paths.prepared)
-    other_images = between([int(label) for label in data.split("val").labels.tolist()], args.images)
+    other_images = between(data.split("val").labels, args.images)
     other_per_image = {name: torch.tensor(deep_psnr_by_tv(args.out / f"inversion_{name}_heldout", model, other_images,
                                                           reuse=args.reuse))
                        for name, model in (("standard", on_standard), ("robust", on_robust))}

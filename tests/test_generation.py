@@ -218,8 +218,8 @@ def test_meaning_deep_layer_by_tv_is_the_inversion_job(subject_files, tmp_path):
     other = meaning.deep_psnr_by_tv(tmp_path / "sweep", base, 3, (0.0, 1e-2), reuse=True)  # not the saved weights:
     assert json.loads((tmp_path / "sweep" / "deep_psnr_by_tv.json").read_text())["tv"] == [0.0, 1e-2]  # measured again
     assert [row[0] for row in other] == pytest.approx([row[0] for row in per_image], abs=1e-3)
-    labels = load_prepared(subject_files["prepared"]).split("val").labels.tolist()
-    chosen = spread_over_classes(torch.tensor(labels), 3)
+    labels = load_prepared(subject_files["prepared"]).split("val").labels
+    chosen = spread_over_classes(labels, 3)
     listed = meaning.deep_psnr_by_tv(tmp_path / "listed", base, chosen, weights)  # the same images, as val indices
     assert torch.allclose(torch.tensor(listed), torch.tensor(per_image), atol=1e-3)
     others = meaning.between(labels, 3)  # the held-out images: as many, none of the chosen ones
